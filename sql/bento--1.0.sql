@@ -1,0 +1,135 @@
+/* bento--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION bento" to load this file. \quit
+
+/*
+ * Internal objects live in schema "bento".  Only bento_track() lives in the
+ * extension's schema (normally "public"), so that "SELECT bento_track(...)"
+ * works with the default search_path.
+ */
+CREATE SCHEMA bento;
+REVOKE ALL ON SCHEMA bento FROM PUBLIC;
+COMMENT ON SCHEMA bento IS 'Outbox, delivery log and status of the bento extension';
+
+/*
+ * One row per HTTP request the worker made (or was about to make).
+ */
+CREATE TABLE bento.deliveries (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	started_at		timestamptz NOT NULL DEFAULT clock_timestamp(),
+	finished_at		timestamptz,
+	event_count		integer NOT NULL,
+	outcome			text NOT NULL DEFAULT 'in_flight'
+		CHECK (outcome IN ('in_flight', 'delivered', 'partial', 'rejected',
+						   'retry', 'unknown')),
+	http_status		integer,
+	transport_error text,
+	duration_ms		double precision,
+	results			integer,
+	failed			integer,
+	retry_after		interval,
+	response_body	text
+);
+
+COMMENT ON TABLE bento.deliveries IS 'One row per request the bento worker sent to Bento';
+COMMENT ON COLUMN bento.deliveries.outcome IS
+	'in_flight: claimed, not yet recorded; delivered: every event accepted; partial: some events rejected; '
+	'rejected: the whole batch was refused for good; retry: the batch will be sent again; '
+	'unknown: the outcome could not be known (worker or server stopped mid-request), the events were requeued';
+COMMENT ON COLUMN bento.deliveries.transport_error IS 'libcurl error text when no complete HTTP response arrived';
+COMMENT ON COLUMN bento.deliveries.response_body IS 'Response body, cut to 8 kB';
+
+/*
+ * The outbox: one row per tracked event.
+ */
+CREATE TABLE bento.outbox (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	type			text NOT NULL,
+	email			text NOT NULL,
+	fields			jsonb,
+	details			jsonb,
+	external_id		text,
+	occurred_at		timestamptz NOT NULL,
+	enqueued_at		timestamptz NOT NULL DEFAULT now(),
+	status			text NOT NULL DEFAULT 'pending'
+		CHECK (status IN ('pending', 'sending', 'sent', 'dead')),
+	attempts		integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	last_error		text,
+	sent_at			timestamptz,
+	delivery_id		bigint
+);
+
+COMMENT ON TABLE bento.outbox IS 'Events queued by bento_track(), delivered by the bento worker';
+COMMENT ON COLUMN bento.outbox.status IS
+	'pending: waiting to be sent (or re-sent after next_attempt_at); sending: claimed by the worker for a request in flight; '
+	'sent: Bento accepted it; dead: it can never be delivered, see last_error';
+COMMENT ON COLUMN bento.outbox.attempts IS 'Number of requests that carried this event';
+COMMENT ON COLUMN bento.outbox.delivery_id IS 'bento.deliveries.id of the last request that carried this event';
+
+-- Deduplication: one row per external_id, whatever its status.
+CREATE UNIQUE INDEX outbox_external_id_key ON bento.outbox (external_id)
+	WHERE external_id IS NOT NULL;
+-- The worker's claim (pending rows in id order) and its recovery after a
+-- crash (rows left 'sending').
+CREATE INDEX outbox_unfinished_idx ON bento.outbox (id)
+	WHERE status IN ('pending', 'sending');
+-- Requests whose outcome was never recorded.
+CREATE INDEX deliveries_in_flight_idx ON bento.deliveries (id)
+	WHERE outcome = 'in_flight';
+
+-- Keep queued events and the delivery log in pg_dump output.
+SELECT pg_catalog.pg_extension_config_dump('bento.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('bento.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('bento.deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump('bento.deliveries_id_seq', '');
+
+/*
+ * bento_track: validate an event and queue it in the caller's transaction.
+ */
+CREATE FUNCTION bento_track(type text,
+							email text,
+							fields jsonb DEFAULT NULL,
+							details jsonb DEFAULT NULL,
+							external_id text DEFAULT NULL,
+							occurred_at timestamptz DEFAULT now())
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'bento_track'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION bento_track(text, text, jsonb, jsonb, text, timestamptz) IS
+	'Queue an event for Bento in the current transaction; returns the outbox row id '
+	'(the existing row''s id when external_id was already queued)';
+
+/*
+ * bento.status: the state of the outbox and worker at a glance.
+ */
+CREATE VIEW bento.status AS
+SELECT
+	c.pending,
+	c.sending,
+	c.sent,
+	c.dead,
+	c.oldest_pending_age,
+	d.finished_at AS last_delivery_at,
+	d.outcome AS last_delivery_outcome,
+	d.http_status AS last_http_status,
+	d.transport_error AS last_transport_error,
+	EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+			WHERE a.backend_type = 'bento') AS worker_running
+FROM (SELECT
+		count(*) FILTER (WHERE o.status = 'pending') AS pending,
+		count(*) FILTER (WHERE o.status = 'sending') AS sending,
+		count(*) FILTER (WHERE o.status = 'sent') AS sent,
+		count(*) FILTER (WHERE o.status = 'dead') AS dead,
+		now() - min(o.enqueued_at) FILTER (WHERE o.status IN ('pending', 'sending')) AS oldest_pending_age
+	  FROM bento.outbox o) c
+	LEFT JOIN LATERAL (SELECT dd.finished_at, dd.outcome, dd.http_status, dd.transport_error
+					   FROM bento.deliveries dd
+					   WHERE dd.finished_at IS NOT NULL
+					   ORDER BY dd.id DESC LIMIT 1) d ON true;
+
+COMMENT ON VIEW bento.status IS
+	'Rows per status, age of the oldest undelivered event, the last recorded delivery and whether the worker runs';

@@ -1,0 +1,145 @@
+/*-------------------------------------------------------------------------
+ *
+ * bento.h
+ *	  Declarations shared by the files of the bento extension.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BENTO_H
+#define BENTO_H
+
+#include "postgres.h"
+
+#include "storage/latch.h"
+#include "utils/timestamp.h"
+
+#ifndef BENTO_VERSION
+#define BENTO_VERSION "1.0"
+#endif
+
+#define BENTO_USER_AGENT "bento-postgres/" BENTO_VERSION
+
+/* Bento accepts at most this many events per request. */
+#define BENTO_MAX_BATCH_SIZE 1000
+
+/*
+ * The largest event bento_track() accepts, counting the stored size of type,
+ * email, fields, details and external_id.  Documented in the README.
+ */
+#define BENTO_MAX_EVENT_BYTES (64 * 1024)
+
+/* How much of a response body is kept (deliveries.response_body). */
+#define BENTO_MAX_RESPONSE_BYTES (8 * 1024)
+
+/* guc.c */
+extern char *bento_api_url;
+extern char *bento_site_uuid;
+extern char *bento_publishable_key;
+extern char *bento_secret_key;
+extern char *bento_database;
+extern int	bento_batch_size;
+extern int	bento_max_requests_per_minute;
+extern int	bento_request_timeout;
+extern int	bento_poll_interval;
+extern int	bento_retry_base_delay;
+extern int	bento_retry_max_delay;
+
+extern void bento_define_gucs(void);
+
+/* bento.c: state shared between backends and the worker */
+typedef struct BentoSharedState
+{
+	Latch	   *worker_latch;	/* the running worker's latch, or NULL */
+	pid_t		worker_pid;
+} BentoSharedState;
+
+extern BentoSharedState *bento_shared;
+extern void bento_wake_worker(void);
+
+/* worker.c */
+extern PGDLLEXPORT void bento_worker_main(Datum main_arg);
+extern void bento_register_worker(void);
+
+/* http.c */
+typedef struct BentoHttpResult
+{
+	long		http_status;	/* 0 when no status line arrived */
+	int			curl_code;		/* CURLcode; 0 is CURLE_OK */
+	char		error[256];		/* curl's error text when curl_code != 0 */
+	char	   *body;			/* response body, NUL-terminated, capped */
+	size_t		body_len;
+	bool		body_truncated; /* more arrived than was kept */
+	double		duration_ms;
+	int			retry_after_ms; /* Retry-After in ms, or -1 when absent */
+	bool		aborted;		/* stopped because of shutdown or postmaster
+								 * death */
+	bool		request_sent;	/* the request body left this process */
+} BentoHttpResult;
+
+extern void bento_http_init(void);
+extern const char *bento_http_url_problem(const char *url);
+extern void bento_http_post_batch(const char *body, size_t body_len,
+								  BentoHttpResult *result);
+
+/* payload.c */
+typedef struct BentoBatchEvent
+{
+	int64		id;
+	char	   *type;
+	char	   *email;
+	char	   *fields;			/* JSON text or NULL */
+	char	   *details;		/* JSON text or NULL */
+	char	   *date;			/* ISO 8601 UTC */
+} BentoBatchEvent;
+
+typedef struct BentoResponse
+{
+	bool		parsed;			/* body was a JSON object */
+	int			results;		/* -1 when absent */
+	int			failed;			/* -1 when absent */
+	int			nerrors;
+	int		   *error_index;	/* positions in the posted array */
+	char	  **error_text;
+	char	   *error;			/* top-level "error" string, or NULL */
+} BentoResponse;
+
+extern char *bento_build_batch_body(BentoBatchEvent *events, int nevents,
+									size_t *len);
+extern void bento_parse_response(const char *body, BentoResponse *response);
+extern char *bento_sanitize_excerpt(const char *body, size_t len, size_t max,
+									 bool single_line);
+
+/* What the worker decided about a finished request. */
+typedef enum BentoOutcome
+{
+	BENTO_OUTCOME_DELIVERED,	/* 2xx, every event accepted */
+	BENTO_OUTCOME_PARTIAL,		/* 2xx, the events in errors[] rejected */
+	BENTO_OUTCOME_REJECTED,		/* the whole batch refused for good */
+	BENTO_OUTCOME_RETRY,		/* not accepted; send again later */
+	BENTO_OUTCOME_UNKNOWN		/* may or may not have been accepted; send
+								 * again later */
+} BentoOutcome;
+
+typedef struct BentoDecision
+{
+	BentoOutcome outcome;
+	char	   *row_error;		/* last_error for rows not given their own */
+	int			retry_after_ms; /* for requeued rows: at least this long */
+} BentoDecision;
+
+/* outbox.c */
+typedef struct BentoBatch
+{
+	int64		delivery_id;
+	int			nevents;
+	BentoBatchEvent *events;
+} BentoBatch;
+
+extern int64 bento_enqueue(Datum *values, bool *nulls);
+extern void bento_recover_in_flight(void);
+extern void bento_claim_batch(int limit, BentoBatch *batch, MemoryContext cxt);
+extern void bento_record_result(BentoBatch *batch, BentoHttpResult *http,
+								BentoResponse *response,
+								BentoDecision *decision);
+
+#endif							/* BENTO_H */

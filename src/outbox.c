@@ -1,0 +1,409 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *	  All SQL against bento's tables: enqueue, claim, record, recover.
+ *
+ * The worker's functions here run inside a transaction the worker opened
+ * (see worker.c) and never across a network call: a batch is claimed and
+ * committed, sent with no transaction open, and its outcome recorded in a
+ * new transaction.  Every statement handles a whole batch at once.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "bento.h"
+
+static SPIPlanPtr enqueue_plan = NULL;
+static SPIPlanPtr lookup_plan = NULL;
+
+/*
+ * Prepare and keep a plan.  Saved plans are re-planned by the plan cache
+ * when the tables change, and re-analyzed if the extension is re-created.
+ */
+static SPIPlanPtr
+keep_plan(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+/*
+ * Insert one validated event into bento.outbox in the caller's transaction
+ * and return its id.  values/nulls hold type, email, fields, details,
+ * external_id and occurred_at.  When external_id is already queued nothing
+ * is inserted and the existing row's id is returned; a concurrent insert of
+ * the same external_id is waited for by ON CONFLICT, then looked up.
+ */
+int64
+bento_enqueue(Datum *values, bool *nulls)
+{
+	char		nullflags[6];
+	int64		id = 0;
+	bool		found = false;
+	int			ret;
+
+	for (int i = 0; i < 6; i++)
+		nullflags[i] = nulls[i] ? 'n' : ' ';
+
+	if ((ret = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(ret));
+
+	if (enqueue_plan == NULL)
+	{
+		Oid			argtypes[6] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID,
+		TEXTOID, TIMESTAMPTZOID};
+
+		enqueue_plan = keep_plan(
+								 "INSERT INTO bento.outbox"
+								 " (type, email, fields, details, external_id, occurred_at)"
+								 " VALUES ($1, $2, $3, $4, $5, $6)"
+								 " ON CONFLICT (external_id) WHERE external_id IS NOT NULL"
+								 " DO NOTHING RETURNING id",
+								 6, argtypes);
+	}
+	if (lookup_plan == NULL)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+
+		lookup_plan = keep_plan(
+								"SELECT id FROM bento.outbox"
+								" WHERE external_id OPERATOR(pg_catalog.=) $1",
+								1, argtypes);
+	}
+
+	/*
+	 * Two rounds at most: the lookup misses only if the conflicting row was
+	 * deleted between the two statements, and then the insert succeeds.
+	 */
+	for (int attempt = 0; attempt < 2 && !found; attempt++)
+	{
+		ret = SPI_execute_plan(enqueue_plan, values, nullflags, false, 1);
+		if (ret != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not insert into bento.outbox: %s",
+				 SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+		{
+			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &found));
+			found = true;
+			break;
+		}
+
+		/* a conflict: only possible with a non-NULL external_id */
+		ret = SPI_execute_plan(lookup_plan, &values[4], &nullflags[4], false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not look up bento.outbox: %s",
+				 SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+
+			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+			found = true;
+		}
+	}
+
+	SPI_finish();
+
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not queue the event with external_id \"%s\"",
+						TextDatumGetCString(values[4])),
+				 errdetail("A row with this external_id was removed by a concurrent transaction."),
+				 errhint("Retry the transaction.")));
+	return id;
+}
+
+/*
+ * Return rows left 'sending' by a worker that stopped mid-request to
+ * 'pending', and mark the requests they were part of as of unknown outcome.
+ * Called once when the worker starts (or first finds the extension): no
+ * other process claims rows, so every 'sending' row is orphaned.
+ */
+void
+bento_recover_in_flight(void)
+{
+	int			ret;
+	uint64		nrows;
+	uint64		ndeliveries;
+
+	ret = SPI_execute("UPDATE bento.outbox SET status = 'pending', next_attempt_at = now(),"
+					  " last_error = 'requeued: the worker stopped before the outcome of delivery '"
+					  " || delivery_id || ' was recorded'"
+					  " WHERE status = 'sending'",
+					  false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not requeue claimed events: %s", SPI_result_code_string(ret));
+	nrows = SPI_processed;
+
+	ret = SPI_execute("UPDATE bento.deliveries SET outcome = 'unknown',"
+					  " finished_at = clock_timestamp(),"
+					  " transport_error = coalesce(transport_error,"
+					  "   'the worker stopped before the outcome was recorded')"
+					  " WHERE outcome = 'in_flight'",
+					  false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not close unfinished deliveries: %s", SPI_result_code_string(ret));
+	ndeliveries = SPI_processed;
+
+	if (nrows > 0 || ndeliveries > 0)
+		ereport(LOG,
+				(errmsg("bento requeued " UINT64_FORMAT " events from " UINT64_FORMAT " requests whose outcome is unknown",
+						nrows, ndeliveries),
+				 errdetail("The worker stopped while those requests were in flight; the events will be sent again.")));
+}
+
+/*
+ * Claim up to limit due pending events, oldest first, for one request:
+ * mark them 'sending', count the attempt, and create the bento.deliveries
+ * row they will be recorded against.  The events are copied into cxt.
+ * batch->nevents is 0 when nothing is due.
+ */
+void
+bento_claim_batch(int limit, BentoBatch *batch, MemoryContext cxt)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(limit)};
+	int			ret;
+	MemoryContext oldcxt;
+
+	batch->delivery_id = 0;
+	batch->nevents = 0;
+	batch->events = NULL;
+
+	ret = SPI_execute_with_args(
+								"WITH c AS MATERIALIZED ("
+								"  SELECT o.id FROM bento.outbox o"
+								"  WHERE o.status = 'pending' AND o.next_attempt_at <= now()"
+								"  ORDER BY o.id LIMIT $1"
+								"  FOR UPDATE SKIP LOCKED),"
+								" d AS (INSERT INTO bento.deliveries (event_count)"
+								"  SELECT count(*) FROM c HAVING count(*) > 0"
+								"  RETURNING id),"
+								" u AS (UPDATE bento.outbox o"
+								"  SET status = 'sending', attempts = o.attempts + 1, delivery_id = d.id"
+								"  FROM c, d WHERE o.id = c.id"
+								"  RETURNING o.id, o.type, o.email, o.fields, o.details, o.occurred_at,"
+								"   d.id AS delivery_id)"
+								" SELECT u.id, u.type, u.email, u.fields::text, u.details::text,"
+								"  to_char(u.occurred_at AT TIME ZONE 'UTC',"
+								"          'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+								"  u.delivery_id"
+								" FROM u ORDER BY u.id",
+								1, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not claim events: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return;
+
+	oldcxt = MemoryContextSwitchTo(cxt);
+	batch->nevents = (int) SPI_processed;
+	batch->events = palloc(sizeof(BentoBatchEvent) * batch->nevents);
+	for (int i = 0; i < batch->nevents; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		BentoBatchEvent *ev = &batch->events[i];
+		bool		isnull;
+
+		ev->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		ev->type = SPI_getvalue(tup, desc, 2);
+		ev->email = SPI_getvalue(tup, desc, 3);
+		ev->fields = SPI_getvalue(tup, desc, 4);
+		ev->details = SPI_getvalue(tup, desc, 5);
+		ev->date = SPI_getvalue(tup, desc, 6);
+		if (i == 0)
+			batch->delivery_id = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static const char *
+outcome_name(BentoOutcome outcome)
+{
+	switch (outcome)
+	{
+		case BENTO_OUTCOME_DELIVERED:
+			return "delivered";
+		case BENTO_OUTCOME_PARTIAL:
+			return "partial";
+		case BENTO_OUTCOME_REJECTED:
+			return "rejected";
+		case BENTO_OUTCOME_RETRY:
+			return "retry";
+		case BENTO_OUTCOME_UNKNOWN:
+			return "unknown";
+	}
+	return "unknown";			/* keep compiler quiet */
+}
+
+/*
+ * Fill in the bento.deliveries row of a finished request.
+ */
+static void
+record_delivery(BentoBatch *batch, BentoHttpResult *http,
+				BentoResponse *response, BentoDecision *decision)
+{
+	Oid			argtypes[10] = {INT8OID, TEXTOID, INT4OID, TEXTOID, FLOAT8OID,
+	INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID};
+	Datum		values[10];
+	char		nulls[10];
+	int			ret;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(batch->delivery_id);
+	values[1] = CStringGetTextDatum(outcome_name(decision->outcome));
+	values[2] = Int32GetDatum((int32) http->http_status);
+	if (http->http_status == 0)
+		nulls[2] = 'n';
+	if (http->curl_code != 0)
+		values[3] = CStringGetTextDatum(http->error);
+	else
+		nulls[3] = 'n';
+	values[4] = Float8GetDatum(http->duration_ms);
+	values[5] = Int32GetDatum(response->results);
+	if (response->results < 0)
+		nulls[5] = 'n';
+	values[6] = Int32GetDatum(response->failed);
+	if (response->failed < 0)
+		nulls[6] = 'n';
+	values[7] = Int32GetDatum(http->retry_after_ms);
+	if (http->retry_after_ms < 0)
+		nulls[7] = 'n';
+	if (http->body_len > 0)
+		values[8] = CStringGetTextDatum(bento_sanitize_excerpt(http->body,
+															   http->body_len,
+															   BENTO_MAX_RESPONSE_BYTES,
+															   false));
+	else
+		nulls[8] = 'n';
+	values[9] = Int32GetDatum(batch->nevents);
+
+	ret = SPI_execute_with_args("UPDATE bento.deliveries SET"
+								" finished_at = clock_timestamp(), outcome = $2,"
+								" http_status = $3, transport_error = $4, duration_ms = $5,"
+								" results = $6, failed = $7,"
+								" retry_after = $8 * interval '1 millisecond',"
+								" response_body = $9, event_count = $10"
+								" WHERE id = $1",
+								10, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not record delivery: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Record the outcome of a request: the bento.deliveries row, and every
+ * event of the batch, in one statement for the events.
+ *
+ * Delivered, partial and rejected batches are final: each event becomes
+ * 'sent', or 'dead' with the error Bento gave for its index (or the
+ * decision's row_error when the whole batch was refused).  Retry and unknown
+ * batches go back to 'pending' with a backoff that grows with the event's
+ * attempts, and never shorter than the decision's retry_after_ms.
+ */
+void
+bento_record_result(BentoBatch *batch, BentoHttpResult *http,
+					BentoResponse *response, BentoDecision *decision)
+{
+	Datum	   *ids;
+	int			ret;
+
+	record_delivery(batch, http, response, decision);
+
+	ids = palloc(sizeof(Datum) * batch->nevents);
+	for (int i = 0; i < batch->nevents; i++)
+		ids[i] = Int64GetDatum(batch->events[i].id);
+
+	if (decision->outcome == BENTO_OUTCOME_RETRY ||
+		decision->outcome == BENTO_OUTCOME_UNKNOWN)
+	{
+		Oid			argtypes[6] = {INT8ARRAYOID, TEXTOID, INT8OID, FLOAT8OID,
+		FLOAT8OID, FLOAT8OID};
+		Datum		values[6];
+
+		values[0] = PointerGetDatum(construct_array(ids, batch->nevents, INT8OID,
+													sizeof(int64), FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+		values[1] = CStringGetTextDatum(decision->row_error);
+		values[2] = Int64GetDatum(batch->delivery_id);
+		values[3] = Float8GetDatum((double) Max(decision->retry_after_ms, 0));
+		values[4] = Float8GetDatum((double) bento_retry_base_delay);
+		values[5] = Float8GetDatum((double) bento_retry_max_delay);
+
+		ret = SPI_execute_with_args("UPDATE bento.outbox o SET status = 'pending', last_error = $2,"
+									" next_attempt_at = clock_timestamp() + make_interval(secs =>"
+									"  greatest($4, least($6, $5 * power(2, least(o.attempts, 40) - 1))"
+									"           * (0.75 + 0.25 * random())) / 1000.0)"
+									" WHERE o.id = ANY ($1) AND o.status = 'sending'"
+									" AND o.delivery_id = $3",
+									6, argtypes, values, NULL, false, 0);
+	}
+	else
+	{
+		Oid			argtypes[3] = {INT8ARRAYOID, TEXTARRAYOID, INT8OID};
+		Datum		values[3];
+		Datum	   *errs = palloc(sizeof(Datum) * batch->nevents);
+		bool	   *errnulls = palloc(sizeof(bool) * batch->nevents);
+		int			dims[1] = {batch->nevents};
+		int			lbs[1] = {1};
+
+		for (int i = 0; i < batch->nevents; i++)
+		{
+			errs[i] = (Datum) 0;
+			errnulls[i] = (decision->outcome != BENTO_OUTCOME_REJECTED);
+			if (!errnulls[i])
+				errs[i] = CStringGetTextDatum(decision->row_error);
+		}
+		for (int i = 0; i < response->nerrors; i++)
+		{
+			int			index = response->error_index[i];
+
+			if (index < 0 || index >= batch->nevents)
+			{
+				ereport(WARNING,
+						(errmsg("Bento reported an error for event index %d of a batch of %d events",
+								index, batch->nevents),
+						 errdetail("The index is out of range and was ignored. Error: %s",
+								   response->error_text[i])));
+				continue;
+			}
+			errs[index] = CStringGetTextDatum(response->error_text[i]);
+			errnulls[index] = false;
+		}
+
+		values[0] = PointerGetDatum(construct_array(ids, batch->nevents, INT8OID,
+													sizeof(int64), FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+		values[1] = PointerGetDatum(construct_md_array(errs, errnulls, 1, dims, lbs,
+													   TEXTOID, -1, false,
+													   TYPALIGN_INT));
+		values[2] = Int64GetDatum(batch->delivery_id);
+
+		ret = SPI_execute_with_args("UPDATE bento.outbox o SET"
+									" status = CASE WHEN e.err IS NULL THEN 'sent' ELSE 'dead' END,"
+									" sent_at = CASE WHEN e.err IS NULL THEN now() END,"
+									" last_error = coalesce(e.err, o.last_error)"
+									" FROM unnest($1, $2) AS e(id, err)"
+									" WHERE o.id = e.id AND o.status = 'sending'"
+									" AND o.delivery_id = $3",
+									3, argtypes, values, NULL, false, 0);
+	}
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the outcome of delivery " INT64_FORMAT ": %s",
+			 batch->delivery_id, SPI_result_code_string(ret));
+}

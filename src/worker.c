@@ -1,0 +1,497 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The bento background worker: claim, send, record; sleep and wake.
+ *
+ * One round: claim a batch of due events in a short transaction, post it
+ * to Bento with no transaction open, record the outcome in a new
+ * transaction.  When a round sent something the next starts at once; when
+ * nothing was due the worker sleeps until a committing bento_track() sets
+ * its latch or bento.poll_interval passes.  Requests are paced so that no
+ * 60-second window holds more than bento.max_requests_per_minute of them,
+ * and a rate limit (429) or a transient failure pauses the whole sender.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/pmsignal.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "bento.h"
+#include "compat.h"
+
+/* Default pause after a 429 that did not say how long to wait. */
+#define DEFAULT_RETRY_AFTER_MS (60 * 1000)
+/* Longest Retry-After honoured. */
+#define MAX_RETRY_AFTER_MS (60 * 60 * 1000)
+
+/* The database this worker connected to; a change means a restart. */
+static char *worker_database = NULL;
+
+/* Extension OID at claim time; a different one at record time = dropped. */
+static Oid	extension_oid = InvalidOid;
+static bool recovered = false;
+
+/* Things said once until they change. */
+static bool said_not_configured = false;
+static bool said_no_extension = false;
+
+/* The whole sender waits until this time (429 or transient failure). */
+static TimestampTz paused_until = 0;
+static int	consecutive_failures = 0;
+
+/* Send times of the most recent requests, a ring of max_requests_per_minute. */
+static TimestampTz *sent_times = NULL;
+static int	sent_capacity = 0;
+static int	sent_head = 0;		/* oldest entry */
+static int	sent_count = 0;
+
+static MemoryContext WorkerContext = NULL;
+static MemoryContext BatchContext = NULL;
+
+/*
+ * Register the worker at postmaster start.
+ */
+void
+bento_register_worker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	/* never on a hot standby: the worker starts after promotion */
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	strlcpy(worker.bgw_library_name, "bento", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "bento_worker_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "bento worker", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "bento", BGW_MAXLEN);
+	worker.bgw_main_arg = (Datum) 0;
+	worker.bgw_notify_pid = 0;
+
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * on_shmem_exit callback: stop advertising our latch.
+ */
+static void
+unpublish_worker(int code, Datum arg)
+{
+	if (bento_shared != NULL && bento_shared->worker_pid == MyProcPid)
+	{
+		bento_shared->worker_latch = NULL;
+		bento_shared->worker_pid = 0;
+	}
+}
+
+/*
+ * Start a unit of database work: transaction, SPI, snapshot, activity.
+ */
+static void
+begin_step(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/*
+ * Finish a unit of database work begun with begin_step, committing it.
+ */
+static void
+end_step(void)
+{
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Milliseconds from now until t, at least 0.
+ */
+static long
+ms_until(TimestampTz t)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (t <= now)
+		return 0;
+	return (long) ((t - now + 999) / 1000);
+}
+
+/*
+ * Keep the ring of send times as large as bento.max_requests_per_minute,
+ * keeping the most recent entries when it changes.
+ */
+static void
+resize_rate_window(void)
+{
+	int			want = bento_max_requests_per_minute;
+	TimestampTz *ring;
+	int			keep;
+
+	if (want == sent_capacity)
+		return;
+	if (want == 0)
+	{
+		if (sent_times)
+			pfree(sent_times);
+		sent_times = NULL;
+		sent_capacity = sent_head = sent_count = 0;
+		return;
+	}
+
+	ring = MemoryContextAlloc(WorkerContext, sizeof(TimestampTz) * want);
+	keep = Min(sent_count, want);
+	for (int i = 0; i < keep; i++)
+		ring[i] = sent_times[(sent_head + sent_count - keep + i) % sent_capacity];
+	if (sent_times)
+		pfree(sent_times);
+	sent_times = ring;
+	sent_capacity = want;
+	sent_head = 0;
+	sent_count = keep;
+}
+
+/*
+ * How long before another request may be sent without exceeding
+ * bento.max_requests_per_minute in the last 60 seconds.
+ */
+static long
+rate_limit_wait_ms(void)
+{
+	resize_rate_window();
+	if (sent_capacity == 0 || sent_count < sent_capacity)
+		return 0;
+	return ms_until(sent_times[sent_head] + 60 * USECS_PER_SEC);
+}
+
+/*
+ * Note that a request is being sent now.
+ */
+static void
+note_request_sent(void)
+{
+	resize_rate_window();
+	if (sent_capacity == 0)
+		return;
+	if (sent_count < sent_capacity)
+		sent_times[(sent_head + sent_count++) % sent_capacity] = GetCurrentTimestamp();
+	else
+	{
+		sent_times[sent_head] = GetCurrentTimestamp();
+		sent_head = (sent_head + 1) % sent_capacity;
+	}
+}
+
+/*
+ * Backoff for the whole sender after consecutive transient failures:
+ * bento.retry_base_delay doubled per failure, capped at retry_max_delay.
+ */
+static long
+sender_backoff_ms(void)
+{
+	double		delay = (double) bento_retry_base_delay;
+
+	for (int i = 1; i < consecutive_failures && delay < bento_retry_max_delay; i++)
+		delay *= 2;
+	return (long) Min(delay, (double) bento_retry_max_delay);
+}
+
+/*
+ * Turn the result of a request into a decision about its events.
+ */
+static void
+decide(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
+	   BentoDecision *decision)
+{
+	long		status = http->http_status;
+	char	   *excerpt = bento_sanitize_excerpt(http->body, http->body_len, 300, true);
+
+	decision->retry_after_ms = 0;
+
+	if (http->curl_code != 0 || status == 0)
+	{
+		/*
+		 * No complete answer.  If the request left us, Bento may have queued
+		 * it: the outcome is unknown, and the events are sent again.
+		 */
+		decision->outcome = http->request_sent ? BENTO_OUTCOME_UNKNOWN : BENTO_OUTCOME_RETRY;
+		if (status != 0)
+			decision->row_error = psprintf("HTTP %ld with an incomplete response: %s",
+										   status, http->error);
+		else
+			decision->row_error = psprintf("request failed: %s", http->error);
+	}
+	else if (status >= 200 && status < 300)
+	{
+		decision->outcome = (response->nerrors > 0) ? BENTO_OUTCOME_PARTIAL : BENTO_OUTCOME_DELIVERED;
+		decision->row_error = NULL;
+		if (response->failed > response->nerrors)
+			ereport(WARNING,
+					(errmsg("Bento rejected %d events of delivery " INT64_FORMAT " but named only %d of them",
+							response->failed, batch->delivery_id, response->nerrors),
+					 errdetail("The events it did not name are marked sent.")));
+		if (!response->parsed)
+			ereport(LOG,
+					(errmsg("Bento answered HTTP %ld with a body that is not JSON for delivery " INT64_FORMAT,
+							status, batch->delivery_id),
+					 errdetail("The events are marked sent: a 2xx status means Bento queued them. Body: %s",
+							   excerpt)));
+	}
+	else if (status == 429)
+	{
+		decision->outcome = BENTO_OUTCOME_RETRY;
+		decision->retry_after_ms = (http->retry_after_ms >= 0) ?
+			Min(http->retry_after_ms, MAX_RETRY_AFTER_MS) : DEFAULT_RETRY_AFTER_MS;
+		decision->row_error = psprintf("HTTP 429 (rate limited): %s", excerpt);
+	}
+	else if (status >= 500)
+	{
+		decision->outcome = BENTO_OUTCOME_RETRY;
+		decision->row_error = psprintf("HTTP %ld: %s", status, excerpt);
+	}
+	else
+	{
+		/* 422 (every event rejected) and every other status: final */
+		decision->outcome = BENTO_OUTCOME_REJECTED;
+		if (response->error != NULL)
+			decision->row_error = psprintf("HTTP %ld: %s", status, response->error);
+		else
+			decision->row_error = psprintf("HTTP %ld: %s", status, excerpt);
+	}
+}
+
+/*
+ * Are the credentials set?  Says so once when they are not.
+ */
+static bool
+check_configured(void)
+{
+	if (bento_site_uuid[0] != '\0' && bento_publishable_key[0] != '\0' &&
+		bento_secret_key[0] != '\0')
+	{
+		said_not_configured = false;
+		return true;
+	}
+	if (!said_not_configured)
+		ereport(LOG,
+				(errmsg("bento worker is idle: credentials are not configured"),
+				 errhint("Set bento.site_uuid, bento.publishable_key and bento.secret_key, then reload the configuration.")));
+	said_not_configured = true;
+	return false;
+}
+
+/*
+ * Claim a batch.  Returns false when the extension is not installed in
+ * this database (said once).
+ */
+static bool
+claim(BentoBatch *batch)
+{
+	bool		present;
+
+	begin_step("bento: claiming events");
+	extension_oid = get_extension_oid("bento", true);
+	present = OidIsValid(extension_oid);
+	if (present)
+	{
+		said_no_extension = false;
+		if (!recovered)
+		{
+			bento_recover_in_flight();
+			recovered = true;
+		}
+		bento_claim_batch(bento_batch_size, batch, BatchContext);
+	}
+	else
+	{
+		recovered = false;
+		batch->nevents = 0;
+	}
+	end_step();
+
+	if (!present && !said_no_extension)
+		ereport(LOG,
+				(errmsg("bento worker is idle: extension \"bento\" is not installed in database \"%s\"",
+						worker_database),
+				 errhint("Run CREATE EXTENSION bento in that database, or set bento.database.")));
+	said_no_extension = !present;
+	return present;
+}
+
+/*
+ * Record a finished request, unless the extension was dropped (or dropped
+ * and created again) while it was in flight.
+ */
+static void
+record(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
+	   BentoDecision *decision)
+{
+	begin_step("bento: recording delivery");
+	if (get_extension_oid("bento", true) == extension_oid)
+		bento_record_result(batch, http, response, decision);
+	else
+		ereport(LOG,
+				(errmsg("bento did not record delivery " INT64_FORMAT ": the extension was dropped while it was in flight",
+						batch->delivery_id)));
+	end_step();
+}
+
+/*
+ * One round of work.  Returns how long to sleep before the next round:
+ * 0 means "at once".
+ */
+static long
+run_round(void)
+{
+	BentoBatch	batch;
+	BentoHttpResult http;
+	BentoResponse response;
+	BentoDecision decision;
+	char	   *body;
+	size_t		body_len;
+	long		wait_ms;
+
+	if (!check_configured())
+		return bento_poll_interval;
+
+	wait_ms = Max(ms_until(paused_until), rate_limit_wait_ms());
+	if (wait_ms > 0)
+		return Min(wait_ms, bento_poll_interval);
+
+	if (!claim(&batch) || batch.nevents == 0)
+		return bento_poll_interval;
+
+	body = bento_build_batch_body(batch.events, batch.nevents, &body_len);
+
+	pgstat_report_activity(STATE_RUNNING,
+							psprintf("bento: sending %d events (delivery " INT64_FORMAT ")",
+									 batch.nevents, batch.delivery_id));
+	note_request_sent();
+	bento_http_post_batch(body, body_len, &http);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* Without a postmaster, touch nothing: the rows are recovered later. */
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+
+	bento_parse_response(http.body, &response);
+	decide(&batch, &http, &response, &decision);
+	record(&batch, &http, &response, &decision);
+
+	if (decision.outcome == BENTO_OUTCOME_RETRY ||
+		decision.outcome == BENTO_OUTCOME_UNKNOWN)
+	{
+		long		pause_ms;
+
+		consecutive_failures++;
+		pause_ms = Max(sender_backoff_ms(), (long) decision.retry_after_ms);
+		if (!http.aborted)
+			ereport(LOG,
+					(errmsg("bento delivery " INT64_FORMAT " of %d events will be retried: %s",
+							batch.delivery_id, batch.nevents, decision.row_error),
+					 errdetail("The worker pauses for %ld ms.", pause_ms)));
+		paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pause_ms);
+	}
+	else
+		consecutive_failures = 0;
+
+	return 0;
+}
+
+/*
+ * Entry point of the bento worker.
+ */
+void
+bento_worker_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	WorkerContext = AllocSetContextCreate(TopMemoryContext,
+										  "bento worker",
+										  ALLOCSET_DEFAULT_SIZES);
+	BatchContext = AllocSetContextCreate(WorkerContext,
+										 "bento batch",
+										 ALLOCSET_DEFAULT_SIZES);
+	worker_database = MemoryContextStrdup(WorkerContext, bento_database);
+
+	BackgroundWorkerInitializeConnection(worker_database, NULL, 0);
+
+	/* Our statements name every object; don't let a schema redirect them. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	bento_http_init();
+
+	if (bento_shared != NULL)
+	{
+		bento_shared->worker_pid = MyProcPid;
+		bento_shared->worker_latch = MyLatch;
+		on_shmem_exit(unpublish_worker, (Datum) 0);
+	}
+
+	ereport(LOG,
+			(errmsg("bento worker started in database \"%s\"", worker_database)));
+
+	while (!ShutdownRequestPending)
+	{
+		long		sleep_ms;
+
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(bento_database, worker_database) != 0)
+			{
+				ereport(LOG,
+						(errmsg("bento worker restarting: bento.database changed from \"%s\" to \"%s\"",
+								worker_database, bento_database)));
+				proc_exit(1);
+			}
+		}
+
+		MemoryContextReset(BatchContext);
+		MemoryContextSwitchTo(BatchContext);
+		sleep_ms = run_round();
+		MemoryContextSwitchTo(WorkerContext);
+
+		if (sleep_ms > 0 && !ShutdownRequestPending)
+		{
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sleep_ms,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+
+	/* Exit code 1: a terminated worker is started again by the postmaster. */
+	proc_exit(1);
+}
