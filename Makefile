@@ -18,7 +18,7 @@ DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 REGRESS = track validation dedupe guc status
 REGRESS_OPTS = --inputdir=. --temp-instance=tmp_check_regress --temp-config=t/regress.conf
 ISOLATION = dedupe_race claim_race
-ISOLATION_OPTS = --inputdir=. --temp-instance=tmp_check_iso --temp-config=t/regress.conf
+ISOLATION_OPTS = --inputdir=. --temp-instance=tmp_check_iso --temp-config=t/isolation.conf
 TAP_TESTS = 1
 
 PG_CPPFLAGS = -DBENTO_VERSION=\"$(EXTVERSION)\"

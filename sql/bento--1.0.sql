@@ -118,7 +118,8 @@ SELECT
 	d.http_status AS last_http_status,
 	d.transport_error AS last_transport_error,
 	EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-			WHERE a.backend_type = 'bento') AS worker_running
+			WHERE a.backend_type = 'bento'
+			  AND a.datname = pg_catalog.current_database()) AS worker_running
 FROM (SELECT
 		count(*) FILTER (WHERE o.status = 'pending') AS pending,
 		count(*) FILTER (WHERE o.status = 'sending') AS sending,
@@ -132,4 +133,8 @@ FROM (SELECT
 					   ORDER BY dd.id DESC LIMIT 1) d ON true;
 
 COMMENT ON VIEW bento.status IS
-	'Rows per status, age of the oldest undelivered event, the last recorded delivery and whether the worker runs';
+	'Rows per status, age of the oldest undelivered event, the last recorded delivery and whether the worker serves this database';
+
+-- Monitoring roles may read the summary (not the events themselves).
+GRANT USAGE ON SCHEMA bento TO pg_monitor;
+GRANT SELECT ON bento.status TO pg_monitor;

@@ -28,6 +28,9 @@
  */
 #define BENTO_MAX_EVENT_BYTES (64 * 1024)
 
+/* The longest external_id: it must fit in a btree index entry. */
+#define BENTO_MAX_EXTERNAL_ID_BYTES 1024
+
 /* How much of a response body is kept (deliveries.response_body). */
 #define BENTO_MAX_RESPONSE_BYTES (8 * 1024)
 

@@ -25,6 +25,8 @@ PG_FUNCTION_INFO_V1(bento_track);
 /* Lengths from RFC 5321: local part 64, whole address 254 bytes. */
 #define EMAIL_MAX_LOCAL 64
 #define EMAIL_MAX_LEN 254
+/* RFC 1035: a domain label is at most 63 bytes. */
+#define EMAIL_MAX_LABEL 63
 
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
@@ -54,8 +56,9 @@ bento_xact_callback(XactEvent event, void *arg)
 
 /*
  * Is this plausibly an email address?  One '@', a non-empty local part of
- * printable characters, a domain of at least two non-empty dot-separated
- * labels, no white space or control characters.  Deliberately not RFC 5322:
+ * printable characters with no leading, trailing or doubled dot, a domain of
+ * at least two dot-separated labels of 1 to 63 bytes that neither start nor
+ * end with '-', no white space or control characters.  Deliberately not RFC 5322:
  * quoted local parts and address literals are refused.
  */
 static const char *
@@ -66,10 +69,9 @@ email_problem(const char *email)
 	const char *domain;
 	const char *p;
 	bool		label_empty = true;
+	int			label_len = 0;
 	int			dots = 0;
 
-	if (len == 0)
-		return "The address is empty.";
 	if (len > EMAIL_MAX_LEN)
 		return "The address is longer than 254 bytes.";
 	for (p = email; *p; p++)
@@ -90,6 +92,11 @@ email_problem(const char *email)
 		return "The part before \"@\" is empty.";
 	if (at - email > EMAIL_MAX_LOCAL)
 		return "The part before \"@\" is longer than 64 bytes.";
+	if (email[0] == '.' || at[-1] == '.')
+		return "The part before \"@\" starts or ends with \".\".";
+	for (p = email; p < at; p++)
+		if (p[0] == '.' && p[1] == '.')
+			return "The part before \"@\" has two consecutive dots.";
 
 	domain = at + 1;
 	for (p = domain; *p; p++)
@@ -98,12 +105,23 @@ email_problem(const char *email)
 		{
 			if (label_empty)
 				return "The domain has an empty label.";
+			if (p[-1] == '-')
+				return "A domain label ends with \"-\".";
 			label_empty = true;
+			label_len = 0;
 			dots++;
 		}
 		else
+		{
+			if (label_empty && *p == '-')
+				return "A domain label starts with \"-\".";
+			if (++label_len > EMAIL_MAX_LABEL)
+				return "A domain label is longer than 63 bytes.";
 			label_empty = false;
+		}
 	}
+	if (p > domain && p[-1] == '-')
+		return "A domain label ends with \"-\".";
 	if (*domain == '\0')
 		return "The domain is empty.";
 	if (label_empty)
@@ -289,6 +307,13 @@ bento_track(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("argument \"external_id\" of bento_track must not be empty"),
 				 errhint("Pass NULL for an event that needs no deduplication.")));
+	if (!nulls[4] && VARSIZE_ANY_EXHDR(DatumGetPointer(values[4])) > BENTO_MAX_EXTERNAL_ID_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("argument \"external_id\" of bento_track is too long"),
+				 errdetail("It takes %zu bytes; the limit is %d bytes.",
+						   (size_t) VARSIZE_ANY_EXHDR(DatumGetPointer(values[4])),
+						   BENTO_MAX_EXTERNAL_ID_BYTES)));
 	if (nulls[5])
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

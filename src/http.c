@@ -108,14 +108,17 @@ classify_url(const char *url, bool *plain_http)
 
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
 		problem = "The value is not a valid absolute URL.";
-	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-			 curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-		problem = "The URL has no scheme or no host.";
+	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+		problem = "The URL has no scheme.";
+	else if (pg_strcasecmp(scheme, "https") != 0 && pg_strcasecmp(scheme, "http") != 0)
+		problem = "Only https:// URLs are supported.";
+	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+		problem = "The URL has no host.";
 	else if (curl_url_get(u, CURLUPART_USER, &userinfo, 0) == CURLUE_OK)
 		problem = "The URL must not contain credentials; set bento.publishable_key and bento.secret_key instead.";
 	else if (pg_strcasecmp(scheme, "https") == 0)
 		problem = NULL;
-	else if (pg_strcasecmp(scheme, "http") == 0)
+	else
 	{
 		if (pg_strcasecmp(host, "127.0.0.1") == 0 ||
 			pg_strcasecmp(host, "localhost") == 0 ||
@@ -124,8 +127,6 @@ classify_url(const char *url, bool *plain_http)
 		else
 			problem = "http:// is allowed only for a loopback host (127.0.0.1, ::1 or localhost); use https://.";
 	}
-	else
-		problem = "Only https:// URLs are supported.";
 
 	if (scheme)
 		curl_free(scheme);
