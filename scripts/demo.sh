@@ -83,9 +83,9 @@ else
 fi
 
 as_postgres "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
-# The secret goes to a file only postgres can read, included from postgresql.conf.
-install -o postgres -g postgres -m 0600 /dev/null "$dir/data/bento_secret.conf"
-printf "bento.secret_key = '%s'\n" "$secret" >"$dir/data/bento_secret.conf"
+# The secret goes to a file only postgres can read (bento.secret_key_file).
+install -o postgres -g postgres -m 0600 /dev/null "$dir/data/bento_secret"
+printf '%s\n' "$secret" >"$dir/data/bento_secret"
 cat >>"$dir/data/postgresql.conf" <<CONF
 
 # --- bento demo ---
@@ -97,7 +97,7 @@ bento.database = 'postgres'
 bento.api_url = '$api_url'
 bento.site_uuid = '$site'
 bento.publishable_key = '$pub'
-include 'bento_secret.conf'
+bento.secret_key_file = 'bento_secret'
 CONF
 as_postgres "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
 

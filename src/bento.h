@@ -39,6 +39,7 @@ extern char *bento_api_url;
 extern char *bento_site_uuid;
 extern char *bento_publishable_key;
 extern char *bento_secret_key;
+extern char *bento_secret_key_file;
 extern char *bento_database;
 extern int	bento_batch_size;
 extern int	bento_max_requests_per_minute;
@@ -82,7 +83,7 @@ typedef struct BentoHttpResult
 extern void bento_http_init(void);
 extern const char *bento_http_url_problem(const char *url);
 extern void bento_http_post_batch(const char *body, size_t body_len,
-								  BentoHttpResult *result);
+								  const char *secret, BentoHttpResult *result);
 
 /* payload.c */
 typedef struct BentoBatchEvent

@@ -19,6 +19,7 @@ char	   *bento_api_url = NULL;
 char	   *bento_site_uuid = NULL;
 char	   *bento_publishable_key = NULL;
 char	   *bento_secret_key = NULL;
+char	   *bento_secret_key_file = NULL;
 char	   *bento_database = NULL;
 int			bento_batch_size = BENTO_MAX_BATCH_SIZE;
 int			bento_max_requests_per_minute = 60;
@@ -94,6 +95,16 @@ bento_define_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("bento.secret_key_file",
+							   "File holding the Bento secret key.",
+							   "When set, bento.secret_key is ignored. The file must not be readable by group or others; "
+							   "a relative path is relative to the data directory.",
+							   &bento_secret_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("bento.database",

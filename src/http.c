@@ -274,14 +274,15 @@ check_abort(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
 }
 
 /*
- * POST one batch body to {bento.api_url}/batch/events.  Remote failures are
+ * POST one batch body to {bento.api_url}/batch/events, authenticated with
+ * bento.publishable_key and secret.  Remote failures are
  * returned in *result, never raised; errors are raised only for our own
  * problems (bad settings, out of memory).  Runs with no transaction open.
  * Allocations are made in CurrentMemoryContext, which the caller resets.
  */
 void
 bento_http_post_batch(const char *body, size_t body_len,
-					  BentoHttpResult *result)
+					  const char *secret, BentoHttpResult *result)
 {
 	TransferState state;
 	struct curl_slist *headers = NULL;
@@ -351,7 +352,7 @@ bento_http_post_batch(const char *body, size_t body_len,
 	bento_setopt(bento_curl, CURLOPT_USERAGENT, BENTO_USER_AGENT);
 	bento_setopt(bento_curl, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
 	bento_setopt(bento_curl, CURLOPT_USERNAME, bento_publishable_key);
-	bento_setopt(bento_curl, CURLOPT_PASSWORD, bento_secret_key);
+	bento_setopt(bento_curl, CURLOPT_PASSWORD, secret);
 	bento_setopt(bento_curl, CURLOPT_HTTPHEADER, headers);
 	bento_setopt(bento_curl, CURLOPT_POST, 1L);
 	bento_setopt(bento_curl, CURLOPT_POSTFIELDS, body);

@@ -15,6 +15,9 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+#include <sys/stat.h>
+
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
@@ -24,6 +27,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/pmsignal.h"
@@ -48,6 +52,9 @@ static char *worker_database = NULL;
 /* Extension OID at claim time; a different one at record time = dropped. */
 static Oid	extension_oid = InvalidOid;
 static bool recovered = false;
+
+/* The secret key in force: bento.secret_key or the file's contents. */
+static char *secret_key = NULL;
 
 /* Things said once until they change. */
 static bool said_not_configured = false;
@@ -286,13 +293,79 @@ decide(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
 }
 
 /*
+ * Load the secret key in force: the first line of bento.secret_key_file
+ * when that is set, else bento.secret_key.  Called at start and after each
+ * reload.  A file that cannot be used is reported (never its contents) and
+ * leaves the worker without a secret, so it idles.
+ */
+static void
+load_secret_key(void)
+{
+	char		path[MAXPGPATH];
+	FILE	   *file;
+	struct stat st;
+	char		line[1024];
+	size_t		len;
+
+	if (secret_key != NULL)
+	{
+		explicit_bzero(secret_key, strlen(secret_key));
+		pfree(secret_key);
+		secret_key = NULL;
+	}
+
+	if (bento_secret_key_file[0] == '\0')
+	{
+		secret_key = MemoryContextStrdup(WorkerContext, bento_secret_key);
+		return;
+	}
+
+	if (is_absolute_path(bento_secret_key_file))
+		strlcpy(path, bento_secret_key_file, sizeof(path));
+	else
+		snprintf(path, sizeof(path), "%s/%s", DataDir, bento_secret_key_file);
+	canonicalize_path(path);
+
+	file = AllocateFile(path, "r");
+	if (file == NULL)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not open bento.secret_key_file \"%s\": %m", path)));
+		return;
+	}
+	if (fstat(fileno(file), &st) != 0 ||
+		(st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("bento.secret_key_file \"%s\" is readable by group or others; it is not used", path),
+				 errhint("Run chmod 600 on the file.")));
+		FreeFile(file);
+		return;
+	}
+	if (fgets(line, sizeof(line), file) == NULL)
+		line[0] = '\0';
+	FreeFile(file);
+
+	len = strlen(line);
+	while (len > 0 && isspace((unsigned char) line[len - 1]))
+		line[--len] = '\0';
+	secret_key = MemoryContextStrdup(WorkerContext, line);
+	explicit_bzero(line, sizeof(line));
+	if (len == 0)
+		ereport(LOG,
+				(errmsg("bento.secret_key_file \"%s\" is empty", path)));
+}
+
+/*
  * Are the credentials set?  Says so once when they are not.
  */
 static bool
 check_configured(void)
 {
 	if (bento_site_uuid[0] != '\0' && bento_publishable_key[0] != '\0' &&
-		bento_secret_key[0] != '\0')
+		secret_key != NULL && secret_key[0] != '\0')
 	{
 		said_not_configured = false;
 		return true;
@@ -300,7 +373,7 @@ check_configured(void)
 	if (!said_not_configured)
 		ereport(LOG,
 				(errmsg("bento worker is idle: credentials are not configured"),
-				 errhint("Set bento.site_uuid, bento.publishable_key and bento.secret_key, then reload the configuration.")));
+				 errhint("Set bento.site_uuid, bento.publishable_key and bento.secret_key_file (or bento.secret_key), then reload the configuration.")));
 	said_not_configured = true;
 	return false;
 }
@@ -392,7 +465,7 @@ run_round(void)
 							psprintf("bento: sending %d events (delivery " INT64_FORMAT ")",
 									 batch.nevents, batch.delivery_id));
 	note_request_sent();
-	bento_http_post_batch(body, body_len, &http);
+	bento_http_post_batch(body, body_len, secret_key, &http);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	/* Without a postmaster, touch nothing: the rows are recovered later. */
@@ -447,6 +520,7 @@ bento_worker_main(Datum main_arg)
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	bento_http_init();
+	load_secret_key();
 
 	if (bento_shared != NULL)
 	{
@@ -468,6 +542,7 @@ bento_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			load_secret_key();
 			if (strcmp(bento_database, worker_database) != 0)
 			{
 				ereport(LOG,
