@@ -41,6 +41,12 @@ COMMENT ON COLUMN bento.deliveries.transport_error IS 'libcurl error text when n
 COMMENT ON COLUMN bento.deliveries.response_body IS 'Response body, cut to 8 kB';
 
 /*
+ * An event's state.  An enum rather than a CHECK constraint: bento_track()
+ * would otherwise evaluate the constraint on every call.
+ */
+CREATE TYPE bento.event_status AS ENUM ('pending', 'sending', 'sent', 'dead');
+
+/*
  * The outbox: one row per tracked event.
  */
 CREATE TABLE bento.outbox (
@@ -52,8 +58,7 @@ CREATE TABLE bento.outbox (
 	external_id		text,
 	occurred_at		timestamptz NOT NULL,
 	enqueued_at		timestamptz NOT NULL DEFAULT now(),
-	status			text NOT NULL DEFAULT 'pending'
-		CHECK (status IN ('pending', 'sending', 'sent', 'dead')),
+	status			bento.event_status NOT NULL DEFAULT 'pending',
 	attempts		integer NOT NULL DEFAULT 0,
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
 	last_error		text,
@@ -68,9 +73,20 @@ COMMENT ON COLUMN bento.outbox.status IS
 COMMENT ON COLUMN bento.outbox.attempts IS 'Number of requests that carried this event';
 COMMENT ON COLUMN bento.outbox.delivery_id IS 'bento.deliveries.id of the last request that carried this event';
 
--- Deduplication: one row per external_id, whatever its status.
-CREATE UNIQUE INDEX outbox_external_id_key ON bento.outbox (external_id)
-	WHERE external_id IS NOT NULL;
+/*
+ * Deduplication: the external_ids queued, one row each, kept apart from the
+ * outbox so that they outlive the events (retention may delete a sent event
+ * while its external_id must still be refused).
+ */
+CREATE TABLE bento.dedupe (
+	external_id		text PRIMARY KEY,
+	outbox_id		bigint NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dedupe_created_at_idx ON bento.dedupe (created_at);
+
+COMMENT ON TABLE bento.dedupe IS 'external_ids already queued; bento_track() queues an external_id once';
+COMMENT ON COLUMN bento.dedupe.outbox_id IS 'bento.outbox.id of the event queued with this external_id';
 -- The worker's claim (pending rows in id order) and its recovery after a
 -- crash (rows left 'sending').
 CREATE INDEX outbox_unfinished_idx ON bento.outbox (id)
@@ -84,6 +100,7 @@ SELECT pg_catalog.pg_extension_config_dump('bento.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('bento.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('bento.deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump('bento.deliveries_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('bento.dedupe', '');
 
 /*
  * bento_track: validate an event and queue it in the caller's transaction.
@@ -102,6 +119,35 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION bento_track(text, text, jsonb, jsonb, text, timestamptz) IS
 	'Queue an event for Bento in the current transaction; returns the outbox row id '
 	'(the existing row''s id when external_id was already queued)';
+
+/*
+ * bento.check_event: bento_track's checks, for set-based producers.
+ */
+CREATE FUNCTION bento.check_event(type text,
+								  email text,
+								  fields jsonb,
+								  details jsonb,
+								  external_id text,
+								  occurred_at timestamptz,
+								  raise boolean DEFAULT false,
+								  caller text DEFAULT 'bento_track')
+RETURNS text
+AS 'MODULE_PATHNAME', 'bento_check_event'
+LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL SAFE;
+
+COMMENT ON FUNCTION bento.check_event(text, text, jsonb, jsonb, text, timestamptz, boolean, text) IS
+	'NULL when bento_track would accept the event; else its error (raised when raise is true)';
+
+/*
+ * bento.wake_at_commit: wake the worker when this transaction commits.
+ */
+CREATE FUNCTION bento.wake_at_commit()
+RETURNS void
+AS 'MODULE_PATHNAME', 'bento_wake_at_commit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION bento.wake_at_commit() IS
+	'Wake the bento worker when the current transaction commits (bento_track does this itself)';
 
 /*
  * bento.status: the state of the outbox and worker at a glance.

@@ -92,8 +92,14 @@ SELECT :sp_id2 <> :sp_id AS new_id;
 COMMIT;
 SELECT email FROM bento.outbox WHERE external_id = 'sp-1';
 
--- A row removed by hand frees its external_id too.
+-- The key outlives its event: deleting the outbox row (as retention does)
+-- does not free the external_id; it lives in bento.dedupe.
+SELECT external_id, outbox_id = :dead_id AS points_at_event FROM bento.dedupe WHERE external_id = 'dead-1';
 DELETE FROM bento.outbox WHERE external_id = 'dead-1';
+SELECT bento_track('dead_event', 'a@example.com', external_id => 'dead-1') = :dead_id AS same_id_after_delete;
+SELECT count(*) AS rows_for_dead_1 FROM bento.outbox WHERE external_id = 'dead-1';
+-- Deleting the key frees it.
+DELETE FROM bento.dedupe WHERE external_id = 'dead-1';
 SELECT bento_track('dead_event', 'a@example.com', external_id => 'dead-1') <> :dead_id AS new_id;
 SELECT status, attempts FROM bento.outbox WHERE external_id = 'dead-1';
 
@@ -101,8 +107,13 @@ SELECT status, attempts FROM bento.outbox WHERE external_id = 'dead-1';
 -- queued: the duplicate is checked only for valid events.
 SELECT bento_track('$purchase', 'not-an-email', external_id => 'order-1');
 
--- Overview: exactly one row per non-NULL external_id.
+-- Overview: exactly one row per non-NULL external_id, and one key per row.
 SELECT count(*) AS with_external_id, count(DISTINCT external_id) AS distinct_external_ids
 FROM bento.outbox WHERE external_id IS NOT NULL;
+SELECT count(*) AS keys_without_their_event
+FROM bento.dedupe d WHERE NOT EXISTS (SELECT 1 FROM bento.outbox o WHERE o.id = d.outbox_id);
+SELECT count(*) AS events_without_their_key
+FROM bento.outbox o WHERE o.external_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM bento.dedupe d WHERE d.outbox_id = o.id AND d.external_id = o.external_id);
 
 DROP EXTENSION bento;

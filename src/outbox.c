@@ -22,6 +22,7 @@
 #include "bento.h"
 
 static SPIPlanPtr enqueue_plan = NULL;
+static SPIPlanPtr enqueue_keyed_plan = NULL;
 static SPIPlanPtr lookup_plan = NULL;
 
 /*
@@ -41,11 +42,51 @@ keep_plan(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * Prepare the enqueue statements once per backend.
+ */
+static void
+prepare_enqueue_plans(void)
+{
+	Oid			argtypes[6] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID,
+	TEXTOID, TIMESTAMPTZOID};
+
+	if (enqueue_plan == NULL)
+		enqueue_plan = keep_plan(
+								 "INSERT INTO bento.outbox"
+								 " (type, email, fields, details, external_id, occurred_at)"
+								 " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+								 6, argtypes);
+
+	/*
+	 * With an external_id, the row in bento.dedupe decides: ON CONFLICT waits
+	 * for a concurrent transaction inserting the same key, and inserts
+	 * nothing if that one commits.
+	 */
+	if (enqueue_keyed_plan == NULL)
+		enqueue_keyed_plan = keep_plan(
+									   "WITH k AS ("
+									   "  INSERT INTO bento.dedupe (external_id, outbox_id)"
+									   "  VALUES ($5, pg_catalog.nextval('bento.outbox_id_seq'))"
+									   "  ON CONFLICT (external_id) DO NOTHING"
+									   "  RETURNING outbox_id)"
+									   " INSERT INTO bento.outbox"
+									   " (id, type, email, fields, details, external_id, occurred_at)"
+									   " OVERRIDING SYSTEM VALUE"
+									   " SELECT k.outbox_id, $1, $2, $3, $4, $5, $6 FROM k"
+									   " RETURNING id",
+									   6, argtypes);
+	if (lookup_plan == NULL)
+		lookup_plan = keep_plan(
+								"SELECT outbox_id FROM bento.dedupe"
+								" WHERE external_id OPERATOR(pg_catalog.=) $1",
+								1, &argtypes[4]);
+}
+
+/*
  * Insert one validated event into bento.outbox in the caller's transaction
  * and return its id.  values/nulls hold type, email, fields, details,
- * external_id and occurred_at.  When external_id is already queued nothing
- * is inserted and the existing row's id is returned; a concurrent insert of
- * the same external_id is waited for by ON CONFLICT, then looked up.
+ * external_id and occurred_at.  When external_id was queued before, nothing
+ * is inserted and the first event's id is returned.
  */
 int64
 bento_enqueue(Datum *values, bool *nulls)
@@ -53,6 +94,7 @@ bento_enqueue(Datum *values, bool *nulls)
 	char		nullflags[6];
 	int64		id = 0;
 	bool		found = false;
+	bool		isnull;
 	int			ret;
 
 	for (int i = 0; i < 6; i++)
@@ -60,57 +102,43 @@ bento_enqueue(Datum *values, bool *nulls)
 
 	if ((ret = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(ret));
+	prepare_enqueue_plans();
 
-	if (enqueue_plan == NULL)
+	if (nulls[4])
 	{
-		Oid			argtypes[6] = {TEXTOID, TEXTOID, JSONBOID, JSONBOID,
-		TEXTOID, TIMESTAMPTZOID};
-
-		enqueue_plan = keep_plan(
-								 "INSERT INTO bento.outbox"
-								 " (type, email, fields, details, external_id, occurred_at)"
-								 " VALUES ($1, $2, $3, $4, $5, $6)"
-								 " ON CONFLICT (external_id) WHERE external_id IS NOT NULL"
-								 " DO NOTHING RETURNING id",
-								 6, argtypes);
-	}
-	if (lookup_plan == NULL)
-	{
-		Oid			argtypes[1] = {TEXTOID};
-
-		lookup_plan = keep_plan(
-								"SELECT id FROM bento.outbox"
-								" WHERE external_id OPERATOR(pg_catalog.=) $1",
-								1, argtypes);
+		ret = SPI_execute_plan(enqueue_plan, values, nullflags, false, 1);
+		if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+			elog(ERROR, "could not insert into bento.outbox: %s",
+				 SPI_result_code_string(ret));
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+		found = true;
 	}
 
 	/*
-	 * Two rounds at most: the lookup misses only if the conflicting row was
-	 * deleted between the two statements, and then the insert succeeds.
+	 * Two rounds at most: the lookup misses only if the key was deleted
+	 * between the two statements, and then the insert succeeds.
 	 */
 	for (int attempt = 0; attempt < 2 && !found; attempt++)
 	{
-		ret = SPI_execute_plan(enqueue_plan, values, nullflags, false, 1);
+		ret = SPI_execute_plan(enqueue_keyed_plan, values, nullflags, false, 1);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into bento.outbox: %s",
 				 SPI_result_code_string(ret));
 		if (SPI_processed == 1)
 		{
 			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &found));
+											 SPI_tuptable->tupdesc, 1, &isnull));
 			found = true;
 			break;
 		}
 
-		/* a conflict: only possible with a non-NULL external_id */
 		ret = SPI_execute_plan(lookup_plan, &values[4], &nullflags[4], false, 1);
 		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not look up bento.outbox: %s",
+			elog(ERROR, "could not look up bento.dedupe: %s",
 				 SPI_result_code_string(ret));
 		if (SPI_processed == 1)
 		{
-			bool		isnull;
-
 			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
 			found = true;
@@ -124,7 +152,7 @@ bento_enqueue(Datum *values, bool *nulls)
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("could not queue the event with external_id \"%s\"",
 						TextDatumGetCString(values[4])),
-				 errdetail("A row with this external_id was removed by a concurrent transaction."),
+				 errdetail("The external_id was removed by a concurrent transaction."),
 				 errhint("Retry the transaction.")));
 	return id;
 }
@@ -355,20 +383,22 @@ bento_record_result(BentoBatch *batch, BentoHttpResult *http,
 	}
 	else
 	{
-		Oid			argtypes[3] = {INT8ARRAYOID, TEXTARRAYOID, INT8OID};
-		Datum		values[3];
-		Datum	   *errs = palloc(sizeof(Datum) * batch->nevents);
-		bool	   *errnulls = palloc(sizeof(bool) * batch->nevents);
-		int			dims[1] = {batch->nevents};
-		int			lbs[1] = {1};
+		/*
+		 * Final outcome.  Rows that Bento named in errors[] (or every row of a
+		 * rejected batch) become dead with their own error; the rest are
+		 * sent.  Two statements keyed on "id = ANY", so that the planner
+		 * looks the rows up by primary key whatever its statistics say.
+		 */
+		Datum	   *dead_ids = palloc(sizeof(Datum) * batch->nevents);
+		Datum	   *dead_errs = palloc(sizeof(Datum) * batch->nevents);
+		Datum	   *sent_ids = palloc(sizeof(Datum) * batch->nevents);
+		char	  **errs = palloc0(sizeof(char *) * batch->nevents);
+		int			ndead = 0;
+		int			nsent = 0;
 
 		for (int i = 0; i < batch->nevents; i++)
-		{
-			errs[i] = (Datum) 0;
-			errnulls[i] = (decision->outcome != BENTO_OUTCOME_REJECTED);
-			if (!errnulls[i])
-				errs[i] = CStringGetTextDatum(decision->row_error);
-		}
+			if (decision->outcome == BENTO_OUTCOME_REJECTED)
+				errs[i] = decision->row_error;
 		for (int i = 0; i < response->nerrors; i++)
 		{
 			int			index = response->error_index[i];
@@ -382,26 +412,51 @@ bento_record_result(BentoBatch *batch, BentoHttpResult *http,
 								   response->error_text[i])));
 				continue;
 			}
-			errs[index] = CStringGetTextDatum(response->error_text[i]);
-			errnulls[index] = false;
+			errs[index] = response->error_text[i];
+		}
+		for (int i = 0; i < batch->nevents; i++)
+		{
+			if (errs[i] != NULL)
+			{
+				dead_ids[ndead] = ids[i];
+				dead_errs[ndead++] = CStringGetTextDatum(errs[i]);
+			}
+			else
+				sent_ids[nsent++] = ids[i];
 		}
 
-		values[0] = PointerGetDatum(construct_array(ids, batch->nevents, INT8OID,
-													sizeof(int64), FLOAT8PASSBYVAL,
-													TYPALIGN_DOUBLE));
-		values[1] = PointerGetDatum(construct_md_array(errs, errnulls, 1, dims, lbs,
-													   TEXTOID, -1, false,
-													   TYPALIGN_INT));
-		values[2] = Int64GetDatum(batch->delivery_id);
+		ret = SPI_OK_UPDATE;
+		if (nsent > 0)
+		{
+			Oid			argtypes[2] = {INT8ARRAYOID, INT8OID};
+			Datum		values[2];
 
-		ret = SPI_execute_with_args("UPDATE bento.outbox o SET"
-									" status = CASE WHEN e.err IS NULL THEN 'sent' ELSE 'dead' END,"
-									" sent_at = CASE WHEN e.err IS NULL THEN now() END,"
-									" last_error = coalesce(e.err, o.last_error)"
-									" FROM unnest($1, $2) AS e(id, err)"
-									" WHERE o.id = e.id AND o.status = 'sending'"
-									" AND o.delivery_id = $3",
-									3, argtypes, values, NULL, false, 0);
+			values[0] = PointerGetDatum(construct_array(sent_ids, nsent, INT8OID,
+														sizeof(int64), FLOAT8PASSBYVAL,
+														TYPALIGN_DOUBLE));
+			values[1] = Int64GetDatum(batch->delivery_id);
+			ret = SPI_execute_with_args("UPDATE bento.outbox o SET status = 'sent', sent_at = now()"
+										" WHERE o.id = ANY ($1) AND o.status = 'sending'"
+										" AND o.delivery_id = $2",
+										2, argtypes, values, NULL, false, 0);
+		}
+		if (ndead > 0 && ret == SPI_OK_UPDATE)
+		{
+			Oid			argtypes[3] = {INT8ARRAYOID, TEXTARRAYOID, INT8OID};
+			Datum		values[3];
+
+			values[0] = PointerGetDatum(construct_array(dead_ids, ndead, INT8OID,
+														sizeof(int64), FLOAT8PASSBYVAL,
+														TYPALIGN_DOUBLE));
+			values[1] = PointerGetDatum(construct_array(dead_errs, ndead, TEXTOID,
+														-1, false, TYPALIGN_INT));
+			values[2] = Int64GetDatum(batch->delivery_id);
+			ret = SPI_execute_with_args("UPDATE bento.outbox o SET status = 'dead', last_error = e.err"
+										" FROM unnest($1, $2) AS e(id, err)"
+										" WHERE o.id = e.id AND o.id = ANY ($1)"
+										" AND o.status = 'sending' AND o.delivery_id = $3",
+										3, argtypes, values, NULL, false, 0);
+		}
 	}
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the outcome of delivery " INT64_FORMAT ": %s",

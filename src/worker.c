@@ -121,6 +121,17 @@ begin_step(const char *activity)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
+
+	/*
+	 * The outbox changes faster than its statistics: a fresh backlog looks
+	 * tiny to the planner.  Our statements are all "first N in id order" or
+	 * "these ids", for which an index scan is always right; forbid the plans
+	 * that read the whole queue, for this transaction only.
+	 */
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 }
 
 /*
@@ -518,6 +529,8 @@ bento_worker_main(Datum main_arg)
 
 	/* Our statements name every object; don't let a schema redirect them. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/* A misestimated statement must not pay for JIT compilation each batch. */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	bento_http_init();
 	load_secret_key();

@@ -88,7 +88,7 @@ note('kill -9 of the worker while a request hangs');
 	my @emails = queue('kill9', 5);
 	ok($mock->wait_in_flight(1), 'kill9: the request hangs');
 	is($node->safe_psql('postgres',
-		"SELECT string_agg(DISTINCT status, ',') FROM bento.outbox WHERE email LIKE 'kill9-%'"),
+		"SELECT string_agg(DISTINCT status::text, ',') FROM bento.outbox WHERE email LIKE 'kill9-%'"),
 		'sending', 'kill9: the rows are claimed (sending)');
 	my $pid = worker_pid($node);
 	ok($pid, "kill9: worker pid $pid");
