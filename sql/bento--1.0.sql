@@ -22,7 +22,7 @@ CREATE TABLE bento.deliveries (
 	event_count		integer NOT NULL,
 	outcome			text NOT NULL DEFAULT 'in_flight'
 		CHECK (outcome IN ('in_flight', 'delivered', 'partial', 'rejected',
-						   'retry', 'unknown')),
+						   'split', 'retry', 'unknown')),
 	http_status		integer,
 	transport_error text,
 	duration_ms		double precision,
@@ -35,7 +35,8 @@ CREATE TABLE bento.deliveries (
 COMMENT ON TABLE bento.deliveries IS 'One row per request the bento worker sent to Bento';
 COMMENT ON COLUMN bento.deliveries.outcome IS
 	'in_flight: claimed, not yet recorded; delivered: every event accepted; partial: some events rejected; '
-	'rejected: the whole batch was refused for good; retry: the batch will be sent again; '
+	'rejected: the whole batch was refused for good; split: Bento refused the batch (400), its events are sent again in smaller batches; '
+	'retry: the batch will be sent again; '
 	'unknown: the outcome could not be known (worker or server stopped mid-request), the events were requeued';
 COMMENT ON COLUMN bento.deliveries.transport_error IS 'libcurl error text when no complete HTTP response arrived';
 COMMENT ON COLUMN bento.deliveries.response_body IS 'Response body, cut to 8 kB';
@@ -63,14 +64,22 @@ CREATE TABLE bento.outbox (
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
 	last_error		text,
 	sent_at			timestamptz,
-	delivery_id		bigint
+	delivery_id		bigint,
+	in_doubt		boolean NOT NULL DEFAULT false,
+	requeued_at		timestamptz
 );
 
 COMMENT ON TABLE bento.outbox IS 'Events queued by bento_track(), delivered by the bento worker';
 COMMENT ON COLUMN bento.outbox.status IS
 	'pending: waiting to be sent (or re-sent after next_attempt_at); sending: claimed by the worker for a request in flight; '
 	'sent: Bento accepted it; dead: it can never be delivered, see last_error';
-COMMENT ON COLUMN bento.outbox.attempts IS 'Number of requests that carried this event';
+COMMENT ON COLUMN bento.outbox.attempts IS
+	'Delivery attempts counted toward bento.max_attempts: requests that carried the event, '
+	'except those answered 429 and rejected batches that were split';
+COMMENT ON COLUMN bento.outbox.in_doubt IS
+	'The event was in a request whose outcome could not be known, then sent again: Bento may have received it twice';
+COMMENT ON COLUMN bento.outbox.requeued_at IS
+	'When bento.requeue_dead() last requeued this dead event; the retry cycle counts from here';
 COMMENT ON COLUMN bento.outbox.delivery_id IS 'bento.deliveries.id of the last request that carried this event';
 
 /*
@@ -91,6 +100,8 @@ COMMENT ON COLUMN bento.dedupe.outbox_id IS 'bento.outbox.id of the event queued
 -- crash (rows left 'sending').
 CREATE INDEX outbox_unfinished_idx ON bento.outbox (id)
 	WHERE status IN ('pending', 'sending');
+-- Retention: sent events by age.
+CREATE INDEX outbox_sent_at_idx ON bento.outbox (sent_at) WHERE status = 'sent';
 -- Requests whose outcome was never recorded.
 CREATE INDEX deliveries_in_flight_idx ON bento.deliveries (id)
 	WHERE outcome = 'in_flight';
@@ -158,6 +169,8 @@ SELECT
 	c.sending,
 	c.sent,
 	c.dead,
+	c.in_doubt,
+	(SELECT count(*) FROM bento.deliveries u WHERE u.outcome = 'unknown') AS unknown_deliveries,
 	c.oldest_pending_age,
 	d.finished_at AS last_delivery_at,
 	d.outcome AS last_delivery_outcome,
@@ -171,6 +184,7 @@ FROM (SELECT
 		count(*) FILTER (WHERE o.status = 'sending') AS sending,
 		count(*) FILTER (WHERE o.status = 'sent') AS sent,
 		count(*) FILTER (WHERE o.status = 'dead') AS dead,
+		count(*) FILTER (WHERE o.in_doubt) AS in_doubt,
 		now() - min(o.enqueued_at) FILTER (WHERE o.status IN ('pending', 'sending')) AS oldest_pending_age
 	  FROM bento.outbox o) c
 	LEFT JOIN LATERAL (SELECT dd.finished_at, dd.outcome, dd.http_status, dd.transport_error
@@ -179,7 +193,84 @@ FROM (SELECT
 					   ORDER BY dd.id DESC LIMIT 1) d ON true;
 
 COMMENT ON VIEW bento.status IS
-	'Rows per status, age of the oldest undelivered event, the last recorded delivery and whether the worker serves this database';
+	'Rows per status, events and requests in doubt, age of the oldest undelivered event, '
+	'the last recorded delivery and whether the worker serves this database';
+
+/*
+ * Retry schedule and dead letters.
+ */
+CREATE FUNCTION bento.retry_delay(attempts integer, jitter double precision DEFAULT NULL)
+RETURNS interval
+AS 'MODULE_PATHNAME', 'bento_retry_delay'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION bento.retry_delay(integer, double precision) IS
+	'Delay before the next attempt after the given number of failed attempts: '
+	'bento.retry_base_delay * 2^(attempts-1), capped at bento.retry_max_delay, shortened by up to 25 % jitter '
+	'(jitter 0 = none, 1 = the most; NULL = random)';
+
+CREATE FUNCTION bento.describe_duration(d interval)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN s < 120 THEN round(s) || ' seconds'
+		WHEN s < 7200 THEN round(s / 60) || ' minutes'
+		WHEN s < 172800 THEN round(s / 3600) || ' hours'
+		ELSE round(s / 86400) || ' days'
+	END
+	FROM (SELECT extract(epoch FROM d) AS s) x
+$$;
+
+COMMENT ON FUNCTION bento.describe_duration(interval) IS
+	'A duration in words for messages: "40 seconds", "12 minutes", "5 hours", "3 days"';
+
+CREATE VIEW bento.dead_letters AS
+SELECT o.id, o.type, o.email, o.external_id, o.attempts, o.enqueued_at, o.occurred_at,
+	   o.last_error, o.delivery_id, d.http_status, d.finished_at AS dead_since, o.fields, o.details
+FROM bento.outbox o
+	LEFT JOIN bento.deliveries d ON d.id = o.delivery_id
+WHERE o.status = 'dead';
+
+COMMENT ON VIEW bento.dead_letters IS 'Events that will not be delivered, with the reason; see bento.requeue_dead()';
+
+/*
+ * Requeue dead events for another full retry cycle: by id, by filter, or
+ * (no argument) all of them.  Filters combine with AND.
+ */
+CREATE FUNCTION bento.requeue_dead(ids bigint[] DEFAULT NULL,
+								   type text DEFAULT NULL,
+								   last_error_like text DEFAULT NULL,
+								   enqueued_after timestamptz DEFAULT NULL,
+								   enqueued_before timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	UPDATE bento.outbox o
+	SET status = 'pending', attempts = 0, next_attempt_at = now(),
+		requeued_at = now(), in_doubt = false,
+		last_error = 'requeued by ' || current_user || ' after: ' || coalesce(o.last_error, '')
+	WHERE o.status = 'dead'
+	  AND (requeue_dead.ids IS NULL OR o.id = ANY (requeue_dead.ids))
+	  AND (requeue_dead.type IS NULL OR o.type = requeue_dead.type)
+	  AND (requeue_dead.last_error_like IS NULL OR o.last_error LIKE requeue_dead.last_error_like)
+	  AND (requeue_dead.enqueued_after IS NULL OR o.enqueued_at >= requeue_dead.enqueued_after)
+	  AND (requeue_dead.enqueued_before IS NULL OR o.enqueued_at < requeue_dead.enqueued_before);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n > 0 THEN
+		PERFORM bento.wake_at_commit();
+	END IF;
+	RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION bento.requeue_dead(bigint[], text, text, timestamptz, timestamptz) IS
+	'Requeue dead events (by id, by filter, or all) for another full retry cycle; returns how many';
 
 -- Monitoring roles may read the summary (not the events themselves).
 GRANT USAGE ON SCHEMA bento TO pg_monitor;

@@ -34,6 +34,12 @@
 /* How much of a response body is kept (deliveries.response_body). */
 #define BENTO_MAX_RESPONSE_BYTES (8 * 1024)
 
+/* How much of a response body is read at all; a longer one is cut off. */
+#define BENTO_MAX_READ_BYTES (64 * 1024)
+
+/* Bento lists at most this many rejected events per response. */
+#define BENTO_MAX_ITEMIZED_ERRORS 20
+
 /* guc.c */
 extern char *bento_api_url;
 extern char *bento_site_uuid;
@@ -47,8 +53,17 @@ extern int	bento_request_timeout;
 extern int	bento_poll_interval;
 extern int	bento_retry_base_delay;
 extern int	bento_retry_max_delay;
+extern int	bento_max_attempts;
+extern int	bento_max_retry_age;
+extern int	bento_retention;
+extern int	bento_dedupe_window;
 
 extern void bento_define_gucs(void);
+
+/* retry.c: the retry schedule */
+#define BENTO_RETRY_JITTER 0.25
+extern double bento_backoff_ms(int attempts, double jitter);
+extern double bento_random_jitter(void);
 
 /* bento.c: state shared between backends and the worker */
 typedef struct BentoSharedState
@@ -73,6 +88,8 @@ typedef struct BentoHttpResult
 	char	   *body;			/* response body, NUL-terminated, capped */
 	size_t		body_len;
 	bool		body_truncated; /* more arrived than was kept */
+	bool		body_overflow;	/* reading stopped at BENTO_MAX_READ_BYTES;
+								 * the status line is still valid */
 	double		duration_ms;
 	int			retry_after_ms; /* Retry-After in ms, or -1 when absent */
 	bool		aborted;		/* stopped because of shutdown or postmaster
@@ -119,6 +136,8 @@ typedef enum BentoOutcome
 	BENTO_OUTCOME_DELIVERED,	/* 2xx, every event accepted */
 	BENTO_OUTCOME_PARTIAL,		/* 2xx, the events in errors[] rejected */
 	BENTO_OUTCOME_REJECTED,		/* the whole batch refused for good */
+	BENTO_OUTCOME_SPLIT,		/* 400 for a batch: send its events again in
+								 * smaller batches to isolate the bad ones */
 	BENTO_OUTCOME_RETRY,		/* not accepted; send again later */
 	BENTO_OUTCOME_UNKNOWN		/* may or may not have been accepted; send
 								 * again later */
@@ -127,8 +146,18 @@ typedef enum BentoOutcome
 typedef struct BentoDecision
 {
 	BentoOutcome outcome;
-	char	   *row_error;		/* last_error for rows not given their own */
-	int			retry_after_ms; /* for requeued rows: at least this long */
+	char	   *label;			/* what happened: "HTTP 503", "request failed" */
+	char	   *excerpt;		/* Bento's words or the transport error */
+	char	   *row_error;		/* "label: excerpt", last_error for rows not
+								 * given their own */
+	bool		counts_attempt; /* requeued rows: the attempt counts toward
+								 * bento.max_attempts */
+	bool		backoff;		/* requeued rows: wait per the schedule */
+	int			retry_after_ms; /* requeued rows: wait at least this long */
+	double		jitter;			/* requeued rows and the sender's pause: one
+								 * draw for the whole batch, so that its
+								 * events come back together */
+	bool		unitemized;		/* Bento reported failures it did not list */
 } BentoDecision;
 
 /* outbox.c */
@@ -141,7 +170,13 @@ typedef struct BentoBatch
 
 extern int64 bento_enqueue(Datum *values, bool *nulls);
 extern void bento_recover_in_flight(void);
-extern void bento_claim_batch(int limit, BentoBatch *batch, MemoryContext cxt);
+extern void bento_claim_batch(int limit, int64 max_id, BentoBatch *batch,
+							  MemoryContext cxt);
+extern uint64 bento_purge_batch(int which, int limit);
+
+#define BENTO_PURGE_SENT 0
+#define BENTO_PURGE_DELIVERIES 1
+#define BENTO_PURGE_DEDUPE 2
 extern void bento_record_result(BentoBatch *batch, BentoHttpResult *http,
 								BentoResponse *response,
 								BentoDecision *decision);

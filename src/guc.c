@@ -27,6 +27,10 @@ int			bento_request_timeout = 30 * 1000;
 int			bento_poll_interval = 1000;
 int			bento_retry_base_delay = 5 * 1000;
 int			bento_retry_max_delay = 60 * 60 * 1000;
+int			bento_max_attempts = 100;
+int			bento_max_retry_age = 3 * 24 * 60 * 60;
+int			bento_retention = 7 * 24 * 60 * 60;
+int			bento_dedupe_window = 30 * 24 * 60 * 60;
 
 /*
  * Refuse an API URL the worker must not post to: anything but https://,
@@ -174,5 +178,45 @@ bento_define_gucs(void)
 							10, 24 * 60 * 60 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("bento.max_attempts",
+							"Attempts after which a transiently failing event is given up as dead.",
+							"0 removes the limit. Answers 429 and split batches do not count.",
+							&bento_max_attempts,
+							100,
+							0, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("bento.max_retry_age",
+							"Time after which a transiently failing event is given up as dead.",
+							"Counted from when the event was queued (or last requeued). 0 removes the limit.",
+							&bento_max_retry_age,
+							3 * 24 * 60 * 60,
+							0, 365 * 24 * 60 * 60,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("bento.retention",
+							"How long sent events and delivery records are kept.",
+							"Older ones are deleted by the worker in small batches. 0 keeps them forever.",
+							&bento_retention,
+							7 * 24 * 60 * 60,
+							0, 10 * 365 * 24 * 60 * 60,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("bento.dedupe_window",
+							"How long an external_id is remembered after it was queued.",
+							"Within the window bento_track() queues an external_id once, even after retention deleted the event. 0 remembers forever.",
+							&bento_dedupe_window,
+							30 * 24 * 60 * 60,
+							0, 10 * 365 * 24 * 60 * 60,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 }

@@ -32,7 +32,8 @@ typedef struct TransferState
 {
 	BentoHttpResult *result;
 	char	   *buf;			/* BENTO_MAX_RESPONSE_BYTES + 1 bytes */
-	size_t		len;
+	size_t		len;			/* bytes kept in buf */
+	size_t		received;		/* bytes of body received */
 } TransferState;
 
 /*
@@ -180,7 +181,8 @@ append_header(struct curl_slist *list, const char *header)
 
 /*
  * libcurl write callback: keep the first BENTO_MAX_RESPONSE_BYTES of the
- * body, note that there was more.
+ * body, note that there was more, and stop the transfer past
+ * BENTO_MAX_READ_BYTES.
  */
 static size_t
 write_body(char *data, size_t size, size_t nmemb, void *userdata)
@@ -188,6 +190,15 @@ write_body(char *data, size_t size, size_t nmemb, void *userdata)
 	TransferState *state = (TransferState *) userdata;
 	size_t		n = size * nmemb;
 	size_t		room = BENTO_MAX_RESPONSE_BYTES - state->len;
+
+	/* A body this large is not an answer from Bento: stop reading. */
+	state->received += n;
+	if (state->received > BENTO_MAX_READ_BYTES)
+	{
+		state->result->body_overflow = true;
+		state->result->body_truncated = true;
+		return 0;
+	}
 
 	if (n > room)
 	{
@@ -332,6 +343,7 @@ bento_http_post_batch(const char *body, size_t body_len,
 	state.result = result;
 	state.buf = palloc(BENTO_MAX_RESPONSE_BYTES + 1);
 	state.len = 0;
+	state.received = 0;
 	bento_curl_errbuf[0] = '\0';
 
 	curl_easy_reset(bento_curl);
@@ -385,6 +397,8 @@ bento_http_post_batch(const char *body, size_t body_len,
 
 		if (result->aborted)
 			text = "request aborted because the worker is shutting down";
+		else if (result->body_overflow)
+			text = "response body larger than 64 kB; reading stopped";
 		strlcpy(result->error, text, sizeof(result->error));
 	}
 

@@ -171,6 +171,7 @@ bento_recover_in_flight(void)
 	uint64		ndeliveries;
 
 	ret = SPI_execute("UPDATE bento.outbox SET status = 'pending', next_attempt_at = now(),"
+					  " in_doubt = true,"
 					  " last_error = 'requeued: the worker stopped before the outcome of delivery '"
 					  " || delivery_id || ' was recorded'"
 					  " WHERE status = 'sending'",
@@ -197,16 +198,16 @@ bento_recover_in_flight(void)
 }
 
 /*
- * Claim up to limit due pending events, oldest first, for one request:
- * mark them 'sending', count the attempt, and create the bento.deliveries
- * row they will be recorded against.  The events are copied into cxt.
- * batch->nevents is 0 when nothing is due.
+ * Claim up to limit due pending events with ids up to max_id, oldest first,
+ * for one request: mark them 'sending', count the attempt, and create the
+ * bento.deliveries row they will be recorded against.  The events are
+ * copied into cxt.  batch->nevents is 0 when nothing is due.
  */
 void
-bento_claim_batch(int limit, BentoBatch *batch, MemoryContext cxt)
+bento_claim_batch(int limit, int64 max_id, BentoBatch *batch, MemoryContext cxt)
 {
-	Oid			argtypes[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(limit)};
+	Oid			argtypes[2] = {INT4OID, INT8OID};
+	Datum		values[2] = {Int32GetDatum(limit), Int64GetDatum(max_id)};
 	int			ret;
 	MemoryContext oldcxt;
 
@@ -218,6 +219,7 @@ bento_claim_batch(int limit, BentoBatch *batch, MemoryContext cxt)
 								"WITH c AS MATERIALIZED ("
 								"  SELECT o.id FROM bento.outbox o"
 								"  WHERE o.status = 'pending' AND o.next_attempt_at <= now()"
+								"  AND o.id <= $2"
 								"  ORDER BY o.id LIMIT $1"
 								"  FOR UPDATE SKIP LOCKED),"
 								" d AS (INSERT INTO bento.deliveries (event_count)"
@@ -233,7 +235,7 @@ bento_claim_batch(int limit, BentoBatch *batch, MemoryContext cxt)
 								"          'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
 								"  u.delivery_id"
 								" FROM u ORDER BY u.id",
-								1, argtypes, values, NULL, false, 0);
+								2, argtypes, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not claim events: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
@@ -272,6 +274,8 @@ outcome_name(BentoOutcome outcome)
 			return "partial";
 		case BENTO_OUTCOME_REJECTED:
 			return "rejected";
+		case BENTO_OUTCOME_SPLIT:
+			return "split";
 		case BENTO_OUTCOME_RETRY:
 			return "retry";
 		case BENTO_OUTCOME_UNKNOWN:
@@ -358,28 +362,53 @@ bento_record_result(BentoBatch *batch, BentoHttpResult *http,
 		ids[i] = Int64GetDatum(batch->events[i].id);
 
 	if (decision->outcome == BENTO_OUTCOME_RETRY ||
-		decision->outcome == BENTO_OUTCOME_UNKNOWN)
+		decision->outcome == BENTO_OUTCOME_UNKNOWN ||
+		decision->outcome == BENTO_OUTCOME_SPLIT)
 	{
-		Oid			argtypes[6] = {INT8ARRAYOID, TEXTOID, INT8OID, FLOAT8OID,
-		FLOAT8OID, FLOAT8OID};
-		Datum		values[6];
+		Oid			argtypes[12] = {INT8ARRAYOID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
+			BOOLOID, BOOLOID, FLOAT8OID, BOOLOID, INT4OID, FLOAT8OID, FLOAT8OID};
+		Datum		values[12];
 
 		values[0] = PointerGetDatum(construct_array(ids, batch->nevents, INT8OID,
 													sizeof(int64), FLOAT8PASSBYVAL,
 													TYPALIGN_DOUBLE));
-		values[1] = CStringGetTextDatum(decision->row_error);
-		values[2] = Int64GetDatum(batch->delivery_id);
-		values[3] = Float8GetDatum((double) Max(decision->retry_after_ms, 0));
-		values[4] = Float8GetDatum((double) bento_retry_base_delay);
-		values[5] = Float8GetDatum((double) bento_retry_max_delay);
+		values[1] = Int64GetDatum(batch->delivery_id);
+		values[2] = CStringGetTextDatum(decision->row_error);
+		values[3] = CStringGetTextDatum(decision->label);
+		values[4] = CStringGetTextDatum(decision->excerpt);
+		values[5] = BoolGetDatum(decision->counts_attempt);
+		values[6] = BoolGetDatum(decision->outcome == BENTO_OUTCOME_UNKNOWN);
+		values[7] = Float8GetDatum((double) Max(decision->retry_after_ms, 0));
+		values[8] = BoolGetDatum(decision->backoff);
+		values[9] = Int32GetDatum(bento_max_attempts);
+		values[10] = Float8GetDatum((double) bento_max_retry_age);
+		values[11] = Float8GetDatum(decision->jitter);
 
-		ret = SPI_execute_with_args("UPDATE bento.outbox o SET status = 'pending', last_error = $2,"
-									" next_attempt_at = clock_timestamp() + make_interval(secs =>"
-									"  greatest($4, least($6, $5 * power(2, least(o.attempts, 40) - 1))"
-									"           * (0.75 + 0.25 * random())) / 1000.0)"
-									" WHERE o.id = ANY ($1) AND o.status = 'sending'"
-									" AND o.delivery_id = $3",
-									6, argtypes, values, NULL, false, 0);
+		/*
+		 * Back to pending, or dead once a counted attempt reaches the give-up
+		 * point (bento.max_attempts, bento.max_retry_age, 0 = none).  An
+		 * attempt that does not count (429, a split) is taken back.
+		 */
+		ret = SPI_execute_with_args("UPDATE bento.outbox o SET"
+									" status = CASE WHEN g.give_up THEN 'dead' ELSE 'pending' END::bento.event_status,"
+									" attempts = o.attempts - CASE WHEN $6 THEN 0 ELSE 1 END,"
+									" in_doubt = o.in_doubt OR $7,"
+									" next_attempt_at = clock_timestamp() + greatest("
+									"   $8 * interval '1 millisecond',"
+									"   CASE WHEN $9 THEN bento.retry_delay(o.attempts, $12) ELSE interval '0' END),"
+									" last_error = CASE WHEN g.give_up"
+									"   THEN format('%s after %s attempts over %s: %s', $4, o.attempts,"
+									"               bento.describe_duration(g.age), $5)"
+									"   ELSE $3 END"
+									" FROM (SELECT x.id,"
+									"         clock_timestamp() - coalesce(x.requeued_at, x.enqueued_at) AS age,"
+									"         $6 AND (($10 > 0 AND x.attempts >= $10) OR"
+									"                 ($11 > 0 AND clock_timestamp() - coalesce(x.requeued_at, x.enqueued_at)"
+									"                              >= $11 * interval '1 second')) AS give_up"
+									"       FROM bento.outbox x WHERE x.id = ANY ($1)) g"
+									" WHERE o.id = g.id AND o.id = ANY ($1) AND o.status = 'sending'"
+									" AND o.delivery_id = $2",
+									12, argtypes, values, NULL, false, 0);
 	}
 	else
 	{
@@ -461,4 +490,54 @@ bento_record_result(BentoBatch *batch, BentoHttpResult *http,
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the outcome of delivery " INT64_FORMAT ": %s",
 			 batch->delivery_id, SPI_result_code_string(ret));
+}
+
+/*
+ * Retention: delete one batch of at most limit rows that are past their
+ * keeping time, oldest first, and return how many were deleted.  Called by
+ * the worker in short transactions of their own, so that no lock is held
+ * for long and autovacuum keeps up.
+ *
+ * BENTO_PURGE_SENT: sent events older than bento.retention.
+ * BENTO_PURGE_DELIVERIES: finished delivery records older than that.
+ * BENTO_PURGE_DEDUPE: external_ids queued longer ago than
+ * bento.dedupe_window, unless their event still waits to be sent.
+ */
+uint64
+bento_purge_batch(int which, int limit)
+{
+	static const char *const sql[] = {
+		"DELETE FROM bento.outbox WHERE id IN ("
+		" SELECT id FROM bento.outbox"
+		" WHERE status = 'sent' AND sent_at < now() - $1 * interval '1 second'"
+		" ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+
+		"DELETE FROM bento.deliveries WHERE id IN ("
+		" SELECT id FROM bento.deliveries"
+		" WHERE finished_at < now() - $1 * interval '1 second'"
+		" ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+
+		"DELETE FROM bento.dedupe WHERE external_id IN ("
+		" SELECT d.external_id FROM bento.dedupe d"
+		" WHERE d.created_at < now() - $1 * interval '1 second'"
+		" AND NOT EXISTS (SELECT 1 FROM bento.outbox o WHERE o.id = d.outbox_id"
+		"                 AND o.status IN ('pending', 'sending'))"
+		" ORDER BY d.created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+	};
+	Oid			argtypes[2] = {FLOAT8OID, INT4OID};
+	Datum		values[2];
+	int			keep;
+	int			ret;
+
+	Assert(which >= 0 && which < lengthof(sql));
+	keep = (which == BENTO_PURGE_DEDUPE) ? bento_dedupe_window : bento_retention;
+	if (keep <= 0)
+		return 0;
+
+	values[0] = Float8GetDatum((double) keep);
+	values[1] = Int32GetDatum(limit);
+	ret = SPI_execute_with_args(sql[which], 2, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "could not delete expired rows: %s", SPI_result_code_string(ret));
+	return SPI_processed;
 }

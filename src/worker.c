@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <sys/stat.h>
 
 #include "access/xact.h"
@@ -63,6 +64,20 @@ static bool said_no_extension = false;
 /* The whole sender waits until this time (429 or transient failure). */
 static TimestampTz paused_until = 0;
 static int	consecutive_failures = 0;
+
+/*
+ * Batch size in force, below bento.batch_size while a rejected batch is
+ * being split (split_upto_id: the last id of that batch) or after Bento
+ * reported failures it did not list.  Doubles after each accepted batch.
+ */
+static int	claim_limit = BENTO_MAX_BATCH_SIZE;
+static int64 split_upto_id = 0;
+
+/* Retention runs when the worker is idle, at most this often. */
+#define RETENTION_INTERVAL_MS (60 * 1000)
+#define RETENTION_BATCH 1000
+#define RETENTION_MAX_BATCHES 100
+static TimestampTz last_retention = 0;
 
 /* Send times of the most recent requests, a ring of max_requests_per_minute. */
 static TimestampTz *sent_times = NULL;
@@ -226,21 +241,19 @@ note_request_sent(void)
 }
 
 /*
- * Backoff for the whole sender after consecutive transient failures:
- * bento.retry_base_delay doubled per failure, capped at retry_max_delay.
+ * Fill in a decision's reason: label ("HTTP 503"), excerpt and row_error.
  */
-static long
-sender_backoff_ms(void)
+static void
+set_reason(BentoDecision *decision, char *label, const char *excerpt)
 {
-	double		delay = (double) bento_retry_base_delay;
-
-	for (int i = 1; i < consecutive_failures && delay < bento_retry_max_delay; i++)
-		delay *= 2;
-	return (long) Min(delay, (double) bento_retry_max_delay);
+	decision->label = label;
+	decision->excerpt = pstrdup(excerpt[0] ? excerpt : "(empty response)");
+	decision->row_error = psprintf("%s: %s", decision->label, decision->excerpt);
 }
 
 /*
- * Turn the result of a request into a decision about its events.
+ * Turn the result of a request into a decision about its events.  See the
+ * README's table "What happens to a batch".
  */
 static void
 decide(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
@@ -248,10 +261,19 @@ decide(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
 {
 	long		status = http->http_status;
 	char	   *excerpt = bento_sanitize_excerpt(http->body, http->body_len, 300, true);
+	bool		complete = (http->curl_code == 0 || http->body_overflow) && status != 0;
 
-	decision->retry_after_ms = 0;
+	memset(decision, 0, sizeof(*decision));
+	decision->counts_attempt = true;
+	decision->backoff = true;
+	decision->jitter = bento_random_jitter();
 
-	if (http->curl_code != 0 || status == 0)
+	if (http->body_overflow)
+		ereport(LOG,
+				(errmsg("Bento answered HTTP %ld with a body over %d bytes for delivery " INT64_FORMAT "; reading stopped",
+						status, BENTO_MAX_READ_BYTES, batch->delivery_id)));
+
+	if (!complete)
 	{
 		/*
 		 * No complete answer.  If the request left us, Bento may have queued
@@ -259,20 +281,21 @@ decide(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
 		 */
 		decision->outcome = http->request_sent ? BENTO_OUTCOME_UNKNOWN : BENTO_OUTCOME_RETRY;
 		if (status != 0)
-			decision->row_error = psprintf("HTTP %ld with an incomplete response: %s",
-										   status, http->error);
+			set_reason(decision, psprintf("HTTP %ld with an incomplete response", status), http->error);
 		else
-			decision->row_error = psprintf("request failed: %s", http->error);
+			set_reason(decision, pstrdup("request failed"), http->error);
 	}
 	else if (status >= 200 && status < 300)
 	{
 		decision->outcome = (response->nerrors > 0) ? BENTO_OUTCOME_PARTIAL : BENTO_OUTCOME_DELIVERED;
-		decision->row_error = NULL;
-		if (response->failed > response->nerrors)
+		set_reason(decision, psprintf("HTTP %ld", status), excerpt);
+		decision->unitemized = (response->failed > response->nerrors);
+		if (decision->unitemized)
 			ereport(WARNING,
 					(errmsg("Bento rejected %d events of delivery " INT64_FORMAT " but named only %d of them",
 							response->failed, batch->delivery_id, response->nerrors),
-					 errdetail("The events it did not name are marked sent.")));
+					 errdetail("The events it did not name are marked sent; the next batches are cut to %d events so that every rejection is named.",
+							   BENTO_MAX_ITEMIZED_ERRORS)));
 		if (!response->parsed)
 			ereport(LOG,
 					(errmsg("Bento answered HTTP %ld with a body that is not JSON for delivery " INT64_FORMAT,
@@ -282,24 +305,40 @@ decide(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
 	}
 	else if (status == 429)
 	{
+		/* rate limited: wait as told; the attempt does not count */
 		decision->outcome = BENTO_OUTCOME_RETRY;
+		decision->counts_attempt = false;
+		decision->backoff = false;
 		decision->retry_after_ms = (http->retry_after_ms >= 0) ?
 			Min(http->retry_after_ms, MAX_RETRY_AFTER_MS) : DEFAULT_RETRY_AFTER_MS;
-		decision->row_error = psprintf("HTTP 429 (rate limited): %s", excerpt);
+		set_reason(decision, pstrdup("HTTP 429 (rate limited)"), excerpt);
 	}
 	else if (status >= 500)
 	{
 		decision->outcome = BENTO_OUTCOME_RETRY;
-		decision->row_error = psprintf("HTTP %ld: %s", status, excerpt);
+		set_reason(decision, psprintf("HTTP %ld", status), excerpt);
+	}
+	else if (status == 400 && batch->nevents > 1)
+	{
+		/*
+		 * The batch as a whole was refused: some event in it is bad.  Send
+		 * the events again in halves until the bad ones stand alone; the
+		 * split does not count as an attempt.
+		 */
+		decision->outcome = BENTO_OUTCOME_SPLIT;
+		decision->counts_attempt = false;
+		decision->backoff = false;
+		set_reason(decision,
+				   psprintf("HTTP 400 for a batch of %d events, split to find the bad ones",
+							batch->nevents),
+				   response->error ? response->error : excerpt);
 	}
 	else
 	{
-		/* 422 (every event rejected) and every other status: final */
+		/* 422 (every event rejected), 400 for one event, any other: final */
 		decision->outcome = BENTO_OUTCOME_REJECTED;
-		if (response->error != NULL)
-			decision->row_error = psprintf("HTTP %ld: %s", status, response->error);
-		else
-			decision->row_error = psprintf("HTTP %ld: %s", status, excerpt);
+		set_reason(decision, psprintf("HTTP %ld", status),
+				   response->error ? response->error : excerpt);
 	}
 }
 
@@ -409,7 +448,9 @@ claim(BentoBatch *batch)
 			bento_recover_in_flight();
 			recovered = true;
 		}
-		bento_claim_batch(bento_batch_size, batch, BatchContext);
+		bento_claim_batch(Min(claim_limit, bento_batch_size),
+						  split_upto_id > 0 ? split_upto_id : PG_INT64_MAX,
+						  batch, BatchContext);
 	}
 	else
 	{
@@ -446,6 +487,102 @@ record(BentoBatch *batch, BentoHttpResult *http, BentoResponse *response,
 }
 
 /*
+ * After a request: pause the sender on transient failures, and set the
+ * size of the next batches (split a rejected batch, cut batches when Bento
+ * did not list every rejection, grow back after success).
+ */
+static void
+adjust_after(BentoBatch *batch, BentoHttpResult *http, BentoDecision *decision)
+{
+	int64		last_id = batch->events[batch->nevents - 1].id;
+
+	switch (decision->outcome)
+	{
+		case BENTO_OUTCOME_RETRY:
+		case BENTO_OUTCOME_UNKNOWN:
+			{
+				long		pause_ms;
+
+				if (decision->counts_attempt)
+					consecutive_failures++;
+				pause_ms = Max((long) ceil(bento_backoff_ms(Max(consecutive_failures, 1),
+															decision->jitter)),
+							   (long) decision->retry_after_ms);
+				if (!http->aborted)
+					ereport(LOG,
+							(errmsg("bento delivery " INT64_FORMAT " of %d events will be retried: %s",
+									batch->delivery_id, batch->nevents, decision->row_error),
+							 errdetail("The worker pauses for %ld ms.", pause_ms)));
+				paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pause_ms);
+				break;
+			}
+		case BENTO_OUTCOME_SPLIT:
+			consecutive_failures = 0;
+			split_upto_id = Max(split_upto_id, last_id);
+			claim_limit = Max(1, batch->nevents / 2);
+			ereport(LOG,
+					(errmsg("bento delivery " INT64_FORMAT " of %d events was refused with HTTP 400; sending them again in batches of %d",
+							batch->delivery_id, batch->nevents, claim_limit),
+					 errdetail("Bento said: %s", decision->excerpt)));
+			break;
+		case BENTO_OUTCOME_DELIVERED:
+		case BENTO_OUTCOME_PARTIAL:
+		case BENTO_OUTCOME_REJECTED:
+			consecutive_failures = 0;
+			if (decision->unitemized)
+				claim_limit = Min(claim_limit, BENTO_MAX_ITEMIZED_ERRORS);
+			else if (claim_limit < bento_batch_size)
+				claim_limit = Min(claim_limit * 2, BENTO_MAX_BATCH_SIZE);
+			if (split_upto_id > 0 && last_id >= split_upto_id)
+				split_upto_id = 0;
+			break;
+	}
+}
+
+/*
+ * Retention: delete sent events and delivery records older than
+ * bento.retention and external_ids older than bento.dedupe_window, a
+ * thousand rows per short transaction.  Runs when the worker has nothing to
+ * send, at most once a minute (more often when the retention is shorter).
+ */
+static void
+run_retention(void)
+{
+	long		interval_ms = RETENTION_INTERVAL_MS;
+	uint64		deleted[3] = {0, 0, 0};
+
+	if (bento_retention > 0)
+		interval_ms = Min(interval_ms, (long) bento_retention * 1000);
+	if (bento_dedupe_window > 0)
+		interval_ms = Min(interval_ms, (long) bento_dedupe_window * 1000);
+	if (last_retention != 0 &&
+		!TimestampDifferenceExceeds(last_retention, GetCurrentTimestamp(), interval_ms))
+		return;
+	last_retention = GetCurrentTimestamp();
+
+	for (int which = BENTO_PURGE_SENT; which <= BENTO_PURGE_DEDUPE; which++)
+	{
+		for (int i = 0; i < RETENTION_MAX_BATCHES && !ShutdownRequestPending; i++)
+		{
+			uint64		n;
+
+			begin_step("bento: deleting expired rows");
+			n = bento_purge_batch(which, RETENTION_BATCH);
+			end_step();
+			deleted[which] += n;
+			if (n < RETENTION_BATCH)
+				break;
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+
+	if (deleted[0] + deleted[1] + deleted[2] > 0)
+		ereport(DEBUG1,
+				(errmsg("bento retention deleted " UINT64_FORMAT " sent events, " UINT64_FORMAT " delivery records and " UINT64_FORMAT " external_ids",
+						deleted[0], deleted[1], deleted[2])));
+}
+
+/*
  * One round of work.  Returns how long to sleep before the next round:
  * 0 means "at once".
  */
@@ -467,8 +604,19 @@ run_round(void)
 	if (wait_ms > 0)
 		return Min(wait_ms, bento_poll_interval);
 
-	if (!claim(&batch) || batch.nevents == 0)
+	if (!claim(&batch))
 		return bento_poll_interval;
+	if (batch.nevents == 0)
+	{
+		if (split_upto_id > 0)
+		{
+			/* the rejected batch's range is done (or waits): back to normal */
+			split_upto_id = 0;
+			return 0;
+		}
+		run_retention();
+		return bento_poll_interval;
+	}
 
 	body = bento_build_batch_body(batch.events, batch.nevents, &body_len);
 
@@ -487,23 +635,7 @@ run_round(void)
 	decide(&batch, &http, &response, &decision);
 	record(&batch, &http, &response, &decision);
 
-	if (decision.outcome == BENTO_OUTCOME_RETRY ||
-		decision.outcome == BENTO_OUTCOME_UNKNOWN)
-	{
-		long		pause_ms;
-
-		consecutive_failures++;
-		pause_ms = Max(sender_backoff_ms(), (long) decision.retry_after_ms);
-		if (!http.aborted)
-			ereport(LOG,
-					(errmsg("bento delivery " INT64_FORMAT " of %d events will be retried: %s",
-							batch.delivery_id, batch.nevents, decision.row_error),
-					 errdetail("The worker pauses for %ld ms.", pause_ms)));
-		paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pause_ms);
-	}
-	else
-		consecutive_failures = 0;
-
+	adjust_after(&batch, &http, &decision);
 	return 0;
 }
 
