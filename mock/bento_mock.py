@@ -21,8 +21,10 @@ By default it answers like Bento (see /work/shared/bento-api.md), checking in th
 2. If --publishable-key/--secret-key were given: HTTP Basic auth must be exactly publishable:secret,
    else 401 {"error": "..."}.  If --site-uuid was given, the site_uuid query parameter must match,
    else 401 {"error": "..."}.
-3. Body not JSON, not an object, "events" missing / not an array / empty / more than 1000 items, or
-   an event that is not an object or has no "email": 400 {"error": "..."}.
+3. Body not JSON, not an object, "events" missing / not an array / empty / more than 1000 items,
+   an event that is not an object or has no "email", or an event whose email ends with
+   "@poison.test" (a stand-in for any row that makes Bento refuse the whole batch):
+   400 {"error": "..."}.
 4. Each event is then accepted or rejected.  It is rejected when its email ends with "@reject.test",
    or it breaks one of Bento's documented rules: "type" a non-empty string; "fields", if present, a
    flat object (no nested object or array); "details", if present, an object whose "value", if
@@ -108,6 +110,7 @@ MAX_EVENTS = 1000
 MAX_LISTED_ERRORS = 20
 HANG_LIMIT_S = 120.0
 REJECT_SUFFIX = "@reject.test"
+POISON_SUFFIX = "@poison.test"
 BLOCKED_AGENTS = ("curl/", "python-requests/")
 CLOUDFLARE_403 = (
     "<!DOCTYPE html>\n<html><head><title>Attention Required! | Cloudflare</title></head>\n"
@@ -217,6 +220,8 @@ def validate_batch(body):
             return None, "events[%d] must be an object" % i
         if "email" not in event or event["email"] in (None, ""):
             return None, "events[%d]: email is required" % i
+        if isinstance(event["email"], str) and event["email"].endswith(POISON_SUFFIX):
+            return None, "events[%d]: email domain is not allowed" % i
     return events, None
 
 

@@ -66,12 +66,20 @@ static TimestampTz paused_until = 0;
 static int	consecutive_failures = 0;
 
 /*
- * Batch size in force, below bento.batch_size while a rejected batch is
- * being split (split_upto_id: the last id of that batch) or after Bento
- * reported failures it did not list.  Doubles after each accepted batch.
+ * Smaller batches than bento.batch_size:
+ *
+ * While the events of a batch that Bento refused with a 400 are sent again
+ * (ids up to split_upto_id), batches are split_size: halved after each
+ * refusal, kept after an accepted batch, doubled once a bad event was
+ * isolated and refused alone.  A binary search for the bad events.
+ *
+ * After Bento reported failures it did not list, batches are at most
+ * itemize_size (the number it lists), doubled after each batch without such
+ * failures.
  */
-static int	claim_limit = BENTO_MAX_BATCH_SIZE;
 static int64 split_upto_id = 0;
+static int	split_size = BENTO_MAX_BATCH_SIZE;
+static int	itemize_size = BENTO_MAX_BATCH_SIZE;
 
 /* Retention runs when the worker is idle, at most this often. */
 #define RETENTION_INTERVAL_MS (60 * 1000)
@@ -448,7 +456,9 @@ claim(BentoBatch *batch)
 			bento_recover_in_flight();
 			recovered = true;
 		}
-		bento_claim_batch(Min(claim_limit, bento_batch_size),
+		bento_claim_batch(Min(bento_batch_size,
+							  Min(itemize_size,
+								  split_upto_id > 0 ? split_size : BENTO_MAX_BATCH_SIZE)),
 						  split_upto_id > 0 ? split_upto_id : PG_INT64_MAX,
 						  batch, BatchContext);
 	}
@@ -519,10 +529,10 @@ adjust_after(BentoBatch *batch, BentoHttpResult *http, BentoDecision *decision)
 		case BENTO_OUTCOME_SPLIT:
 			consecutive_failures = 0;
 			split_upto_id = Max(split_upto_id, last_id);
-			claim_limit = Max(1, batch->nevents / 2);
+			split_size = Max(1, batch->nevents / 2);
 			ereport(LOG,
 					(errmsg("bento delivery " INT64_FORMAT " of %d events was refused with HTTP 400; sending them again in batches of %d",
-							batch->delivery_id, batch->nevents, claim_limit),
+							batch->delivery_id, batch->nevents, split_size),
 					 errdetail("Bento said: %s", decision->excerpt)));
 			break;
 		case BENTO_OUTCOME_DELIVERED:
@@ -530,11 +540,17 @@ adjust_after(BentoBatch *batch, BentoHttpResult *http, BentoDecision *decision)
 		case BENTO_OUTCOME_REJECTED:
 			consecutive_failures = 0;
 			if (decision->unitemized)
-				claim_limit = Min(claim_limit, BENTO_MAX_ITEMIZED_ERRORS);
-			else if (claim_limit < bento_batch_size)
-				claim_limit = Min(claim_limit * 2, BENTO_MAX_BATCH_SIZE);
-			if (split_upto_id > 0 && last_id >= split_upto_id)
-				split_upto_id = 0;
+				itemize_size = BENTO_MAX_ITEMIZED_ERRORS;
+			else
+				itemize_size = Min(itemize_size * 2, BENTO_MAX_BATCH_SIZE);
+			if (split_upto_id > 0)
+			{
+				if (last_id >= split_upto_id)
+					split_upto_id = 0;	/* the refused batch is through */
+				else if (decision->outcome == BENTO_OUTCOME_REJECTED &&
+						 batch->nevents == 1)
+					split_size = Min(split_size * 2, BENTO_MAX_BATCH_SIZE);
+			}
 			break;
 	}
 }
