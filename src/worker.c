@@ -558,8 +558,9 @@ adjust_after(BentoBatch *batch, BentoHttpResult *http, BentoDecision *decision)
 /*
  * Retention: delete sent events and delivery records older than
  * bento.retention and external_ids older than bento.dedupe_window, a
- * thousand rows per short transaction.  Runs when the worker has nothing to
- * send, at most once a minute (more often when the retention is shorter).
+ * thousand rows per short transaction.  Runs at most once a minute (more
+ * often when the retention is shorter), between two requests or when there
+ * is nothing to send, so that a busy worker does not starve it.
  */
 static void
 run_retention(void)
@@ -583,7 +584,8 @@ run_retention(void)
 			uint64		n;
 
 			begin_step("bento: deleting expired rows");
-			n = bento_purge_batch(which, RETENTION_BATCH);
+			n = OidIsValid(get_extension_oid("bento", true)) ?
+				bento_purge_batch(which, RETENTION_BATCH) : 0;
 			end_step();
 			deleted[which] += n;
 			if (n < RETENTION_BATCH)
@@ -652,6 +654,7 @@ run_round(void)
 	record(&batch, &http, &response, &decision);
 
 	adjust_after(&batch, &http, &decision);
+	run_retention();
 	return 0;
 }
 
