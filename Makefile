@@ -12,11 +12,12 @@ OBJS = \
 	src/http.o \
 	src/payload.o \
 	src/retry.o \
-	src/functions.o
+	src/functions.o \
+	src/trigger.o
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
-REGRESS = track validation dedupe guc status retry
+REGRESS = track validation dedupe guc status retry watch
 REGRESS_OPTS = --inputdir=. --temp-instance=tmp_check_regress --temp-config=t/regress.conf
 ISOLATION = dedupe_race claim_race
 ISOLATION_OPTS = --inputdir=. --temp-instance=tmp_check_iso --temp-config=t/isolation.conf
