@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
 
@@ -168,6 +169,8 @@ typedef struct BentoBatch
 	BentoBatchEvent *events;
 } BentoBatch;
 
+extern SPIPlanPtr bento_keep_plan(const char *sql, int nargs, Oid *argtypes,
+								  int cursor_options);
 extern int64 bento_enqueue(Datum *values, bool *nulls);
 extern void bento_recover_in_flight(void);
 extern void bento_claim_batch(int limit, int64 max_id, BentoBatch *batch,

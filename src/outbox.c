@@ -26,13 +26,14 @@ static SPIPlanPtr enqueue_keyed_plan = NULL;
 static SPIPlanPtr lookup_plan = NULL;
 
 /*
- * Prepare and keep a plan.  Saved plans are re-planned by the plan cache
- * when the tables change, and re-analyzed if the extension is re-created.
+ * Prepare and keep a plan (cursor_options as for SPI_prepare_cursor).
+ * Saved plans are re-planned by the plan cache when the tables change, and
+ * re-analyzed if the extension is re-created.
  */
-static SPIPlanPtr
-keep_plan(const char *sql, int nargs, Oid *argtypes)
+SPIPlanPtr
+bento_keep_plan(const char *sql, int nargs, Oid *argtypes, int cursor_options)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -51,11 +52,11 @@ prepare_enqueue_plans(void)
 	TEXTOID, TIMESTAMPTZOID};
 
 	if (enqueue_plan == NULL)
-		enqueue_plan = keep_plan(
+		enqueue_plan = bento_keep_plan(
 								 "INSERT INTO bento.outbox"
 								 " (type, email, fields, details, external_id, occurred_at)"
 								 " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-								 6, argtypes);
+								 6, argtypes, 0);
 
 	/*
 	 * With an external_id, the row in bento.dedupe decides: ON CONFLICT waits
@@ -63,7 +64,7 @@ prepare_enqueue_plans(void)
 	 * nothing if that one commits.
 	 */
 	if (enqueue_keyed_plan == NULL)
-		enqueue_keyed_plan = keep_plan(
+		enqueue_keyed_plan = bento_keep_plan(
 									   "WITH k AS ("
 									   "  INSERT INTO bento.dedupe (external_id, outbox_id)"
 									   "  VALUES ($5, pg_catalog.nextval('bento.outbox_id_seq'))"
@@ -74,12 +75,12 @@ prepare_enqueue_plans(void)
 									   " OVERRIDING SYSTEM VALUE"
 									   " SELECT k.outbox_id, $1, $2, $3, $4, $5, $6 FROM k"
 									   " RETURNING id",
-									   6, argtypes);
+									   6, argtypes, 0);
 	if (lookup_plan == NULL)
-		lookup_plan = keep_plan(
+		lookup_plan = bento_keep_plan(
 								"SELECT outbox_id FROM bento.dedupe"
 								" WHERE external_id OPERATOR(pg_catalog.=) $1",
-								1, &argtypes[4]);
+								1, &argtypes[4], 0);
 }
 
 /*

@@ -245,18 +245,6 @@ get_events_desc(void)
 	return events_desc;
 }
 
-static SPIPlanPtr
-save_plan(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
-}
-
 static bool
 strings_equal(const char *a, const char *b)
 {
@@ -447,7 +435,7 @@ compute_events(WatchEntry *entry, Relation rel, int64 nrows, bool cacheable)
 	if (cacheable && nrows <= WATCH_SMALL_ROWS)
 	{
 		if (entry->plan == NULL)
-			entry->plan = save_plan(entry->query, 0, NULL);
+			entry->plan = bento_keep_plan(entry->query, 0, NULL, CURSOR_OPT_GENERIC_PLAN);
 		ret = SPI_execute_plan_extended(entry->plan, &options);
 	}
 	else
@@ -495,7 +483,7 @@ queue_events(WatchEntry *entry, Tuplestorestate *events, Oid tgoid)
 	if (nevents <= WATCH_SMALL_ROWS)
 	{
 		if (queue_plan == NULL)
-			queue_plan = save_plan(queue_sql, 2, argtypes);
+			queue_plan = bento_keep_plan(queue_sql, 2, argtypes, CURSOR_OPT_GENERIC_PLAN);
 		ret = SPI_execute_plan(queue_plan, values, NULL, false, 0);
 	}
 	else
@@ -523,7 +511,7 @@ queue_events(WatchEntry *entry, Tuplestorestate *events, Oid tgoid)
 			elog(ERROR, "skipped events without a problem");
 		skip_values[3] = CStringGetTextDatum(first_problem);
 		if (skip_plan == NULL)
-			skip_plan = save_plan(skip_sql, 4, skip_types);
+			skip_plan = bento_keep_plan(skip_sql, 4, skip_types, CURSOR_OPT_GENERIC_PLAN);
 		ret = SPI_execute_plan(skip_plan, skip_values, NULL, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "could not record skipped events: %s", SPI_result_code_string(ret));

@@ -12,7 +12,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::Bin;
 
-use BentoTest;
+use BentoTest qw(:DEFAULT delivery_mark deliveries_after rows_like);
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -28,24 +28,6 @@ my $node = bento_node(
 	'bento.request_timeout' => '150s');
 
 my @all_emails;
-
-sub delivery_mark
-{
-	return $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM bento.deliveries');
-}
-
-sub deliveries_after
-{
-	my ($mark) = @_;
-	return json_query($node, "SELECT * FROM bento.deliveries WHERE id > $mark ORDER BY id");
-}
-
-sub rows_like
-{
-	my ($prefix) = @_;
-	return json_query($node,
-		"SELECT * FROM bento.outbox WHERE email LIKE " . sql_literal("$prefix%") . " ORDER BY id");
-}
 
 sub queue
 {
@@ -82,7 +64,7 @@ sub wait_worker_back
 note('kill -9 of the worker while a request hangs');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	# record => 1: Bento got the batch, but the worker never heard back.
 	$mock->script({ hang => 1, record => 1 });
 	my @emails = queue('kill9', 5);
@@ -96,11 +78,11 @@ note('kill -9 of the worker while a request hangs');
 	check_abandoned('kill9');
 
 	wait_settled($node, 'kill9: after the crash restart everything is settled');
-	my $d = deliveries_after($mark);
+	my $d = deliveries_after($node, $mark);
 	is($d->[0]{outcome}, 'unknown', 'kill9: the interrupted delivery is marked unknown');
 	ok(defined $d->[0]{finished_at}, 'kill9: and finished');
 	is($d->[-1]{outcome}, 'delivered', 'kill9: then the events were delivered');
-	is_deeply([ map { [ $_->{status}, $_->{attempts} ] } @{ rows_like('kill9-') } ],
+	is_deeply([ map { [ $_->{status}, $_->{attempts} ] } @{ rows_like($node, 'kill9-') } ],
 		[ ([ 'sent', 2 ]) x 5 ], 'kill9: all sent, two attempts each');
 	is_deeply(email_counts($mock->events), { map { $_ => 2 } @emails },
 		'kill9: Bento got each twice (the first outcome was unknown)');
@@ -113,7 +95,7 @@ note('kill -9 of the worker while a request hangs');
 note('pg_terminate_backend of the worker while a request hangs');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	$mock->script({ hang => 1 });
 	my @emails = queue('term', 3);
 	ok($mock->wait_in_flight(1), 'term: the request hangs');
@@ -123,14 +105,14 @@ note('pg_terminate_backend of the worker while a request hangs');
 	wait_sql($node, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $pid)",
 		'term: the worker exited');
 	check_abandoned('term');
-	my $d = deliveries_after($mark);
+	my $d = deliveries_after($node, $mark);
 	is($d->[0]{outcome}, 'unknown', 'term: the interrupted delivery is recorded as unknown');
 	ok(defined $d->[0]{finished_at}, 'term: and finished');
 	like($d->[0]{transport_error} // '', qr/./, "term: transport_error: " . ($d->[0]{transport_error} // 'NULL'));
 
 	wait_worker_back('term', $pid);
 	wait_settled($node, 'term: the restarted worker delivered the batch');
-	is_deeply([ map { [ $_->{status}, $_->{attempts} ] } @{ rows_like('term-') } ],
+	is_deeply([ map { [ $_->{status}, $_->{attempts} ] } @{ rows_like($node, 'term-') } ],
 		[ ([ 'sent', 2 ]) x 3 ], 'term: all sent, two attempts each');
 	is_deeply(email_counts($mock->events), { map { $_ => 1 } @emails }, 'term: each received once');
 	check_delivery_history($mock, \@emails, 'term');
@@ -140,7 +122,7 @@ note('pg_terminate_backend of the worker while a request hangs');
 note('fast shutdown while a request hangs');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	$mock->script({ hang => 1 });
 	my @emails = queue('fast', 4);
 	ok($mock->wait_in_flight(1), 'fast: the request hangs');
@@ -148,10 +130,10 @@ note('fast shutdown while a request hangs');
 	check_abandoned('fast');
 	$node->start;
 	wait_settled($node, 'fast: delivered after the start');
-	my $d = deliveries_after($mark);
+	my $d = deliveries_after($node, $mark);
 	is($d->[0]{outcome}, 'unknown', 'fast: the interrupted delivery is unknown');
 	is($d->[-1]{outcome}, 'delivered', 'fast: then delivered');
-	is_deeply([ map { $_->{status} } @{ rows_like('fast-') } ], [ ('sent') x 4 ], 'fast: all sent');
+	is_deeply([ map { $_->{status} } @{ rows_like($node, 'fast-') } ], [ ('sent') x 4 ], 'fast: all sent');
 	is_deeply(email_counts($mock->events), { map { $_ => 1 } @emails }, 'fast: each received once');
 	check_delivery_history($mock, \@emails, 'fast');
 }
@@ -160,7 +142,7 @@ note('fast shutdown while a request hangs');
 note('immediate shutdown with a backlog, then a restart');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	# The first request hangs (Bento got it); 2500 events pile up behind it.
 	$mock->script({ hang => 1, record => 1 });
 	my @head = queue('head', 1);
@@ -177,12 +159,12 @@ note('immediate shutdown with a backlog, then a restart');
 	my $reqs = $mock->requests;
 	my @sizes = map { scalar @{ $_->{body}{events} } } @$reqs;
 	ok(!(grep { $_ > 1000 } @sizes), 'backlog: no request over 1000 events (' . join(',', @sizes) . ')');
-	is(scalar(grep { $_->{status} eq 'sent' } @{ rows_like('backlog-') }), 2500,
+	is(scalar(grep { $_->{status} eq 'sent' } @{ rows_like($node, 'backlog-') }), 2500,
 		'backlog: all 2500 sent');
 	my $counts = email_counts($mock->events);
 	is(scalar(grep { $counts->{$_} == 1 } @backlog), 2500, 'backlog: each received exactly once');
 	is($counts->{ $head[0] }, 2, 'backlog: the hung event twice (its first outcome was unknown)');
-	my $d = deliveries_after($mark);
+	my $d = deliveries_after($node, $mark);
 	is($d->[0]{outcome}, 'unknown', 'backlog: the interrupted delivery is unknown');
 	is(scalar(grep { $_->{outcome} ne 'delivered' } @$d[ 1 .. $#$d ]), 0,
 		'backlog: every later delivery delivered');
@@ -196,7 +178,7 @@ note('immediate shutdown with a backlog, then a restart');
 note('kill -9 of the postmaster while a request hangs');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	$mock->script({ hang => 1 });
 	my @emails = queue('pmkill', 3);
 	ok($mock->wait_in_flight(1), 'pmkill: the request hangs');
@@ -212,9 +194,9 @@ note('kill -9 of the postmaster while a request hangs');
 		'pmkill: every server process exited (the worker too)');
 	ok($node->start(fail_ok => 1), 'pmkill: the server starts again');
 	wait_settled($node, 'pmkill: delivered after the start');
-	my $d = deliveries_after($mark);
+	my $d = deliveries_after($node, $mark);
 	is($d->[0]{outcome}, 'unknown', 'pmkill: the interrupted delivery is unknown');
-	is_deeply([ map { $_->{status} } @{ rows_like('pmkill-') } ], [ ('sent') x 3 ],
+	is_deeply([ map { $_->{status} } @{ rows_like($node, 'pmkill-') } ], [ ('sent') x 3 ],
 		'pmkill: all sent');
 	is_deeply(email_counts($mock->events), { map { $_ => 1 } @emails }, 'pmkill: each received once');
 	check_delivery_history($mock, \@emails, 'pmkill');

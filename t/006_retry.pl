@@ -11,7 +11,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::Bin;
 
-use BentoTest;
+use BentoTest qw(:DEFAULT delivery_mark deliveries_after rows_like);
 use List::Util qw(max);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -19,24 +19,6 @@ use Test::More;
 
 my $mock = BentoTest::Mock->start;
 my $node = bento_node('retry', $mock, 'bento.retry_base_delay' => '100ms');
-
-sub delivery_mark
-{
-	return $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM bento.deliveries');
-}
-
-sub deliveries_after
-{
-	my ($mark) = @_;
-	return json_query($node, "SELECT * FROM bento.deliveries WHERE id > $mark ORDER BY id");
-}
-
-sub rows_like
-{
-	my ($prefix) = @_;
-	return json_query($node,
-		"SELECT * FROM bento.outbox WHERE email LIKE " . sql_literal("$prefix%") . " ORDER BY id");
-}
 
 sub received_like
 {
@@ -52,7 +34,7 @@ note('give up after bento.max_attempts transient failures');
 	$mock->script(map { +{ status => 503, body => { error => 'upstream unavailable' } } } 1 .. 3);
 	track($node, { email => 'giveup-1@example.com' }, { email => 'giveup-2@example.com' });
 	wait_settled($node);
-	my $rows = rows_like('giveup-');
+	my $rows = rows_like($node, 'giveup-');
 	is_deeply([ map { [ $_->{status}, $_->{attempts} ] } @$rows ],
 		[ [ 'dead', 3 ], [ 'dead', 3 ] ], 'dead after 3 attempts');
 	like($rows->[0]{last_error},
@@ -75,7 +57,7 @@ note('give up after bento.max_retry_age');
 	$mock->script({ status => 500, body => { error => 'still broken' } });
 	set_conf($node, 'bento.site_uuid' => $BentoTest::SITE_UUID);
 	wait_settled($node);
-	my $row = rows_like('aged-')->[0];
+	my $row = rows_like($node, 'aged-')->[0];
 	is($row->{status}, 'dead', 'an event older than bento.max_retry_age (3 days) dies at its first failure');
 	like($row->{last_error}, qr/^HTTP 500 after 1 attempts over 4 days: .*still broken/,
 		'the reason says how long it was tried');
@@ -85,7 +67,7 @@ note('give up after bento.max_retry_age');
 	is($node->safe_psql('postgres', "SELECT bento.requeue_dead(ARRAY[$id]::bigint[])"),
 		1, 'requeued');
 	wait_settled($node);
-	$row = rows_like('aged-')->[0];
+	$row = rows_like($node, 'aged-')->[0];
 	is_deeply([ $row->{status}, $row->{attempts} ], [ 'sent', 2 ],
 		'after a requeue the old age no longer kills it: retried, then sent');
 	is_deeply(received_like('aged-'), ['aged-1@example.com'], 'received once');
@@ -95,18 +77,18 @@ note('give up after bento.max_retry_age');
 note('429 pauses the sender and costs no attempt');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	$mock->script({ status => 429, headers => { 'Retry-After' => '1' }, body => { error => 'slow down' } });
 	track($node, { email => 'rate-1@example.com' });
 	wait_settled($node);
-	my $row = rows_like('rate-')->[0];
+	my $row = rows_like($node, 'rate-')->[0];
 	is_deeply([ $row->{status}, $row->{attempts} ], [ 'sent', 1 ],
 		'sent; the 429 did not count as an attempt');
 	my $reqs = $mock->requests('bodies=0');
 	is_deeply([ map { $_->{status} } @$reqs ], [ 429, 200 ], 'a 429, then a 200');
 	cmp_ok($reqs->[1]{received_at} - $reqs->[0]{received_at}, '>=', 0.95,
 		'the retry waited for Retry-After');
-	is_deeply([ map { $_->{outcome} } @{ deliveries_after($mark) } ], [ 'retry', 'delivered' ],
+	is_deeply([ map { $_->{outcome} } @{ deliveries_after($node, $mark) } ], [ 'retry', 'delivered' ],
 		'deliveries: retry, delivered');
 }
 
@@ -115,7 +97,7 @@ note('a 400 for a whole batch: split until the bad events stand alone');
 {
 	$mock->reset;
 	set_conf($node, 'bento.batch_size' => 10);
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	my @events = map {
 		+{ email => ($_ == 4 || $_ == 8) ? "split-$_\@poison.test" : "split-$_\@example.com" }
 	} 1 .. 10;
@@ -132,7 +114,7 @@ note('a 400 for a whole batch: split until the bad events stand alone');
 	is_deeply(received_like('split-'),
 		[ sort map { $_->{email} } grep { $_->{email} !~ /poison/ } @events ],
 		'every good event was received exactly once');
-	my $d = deliveries_after($mark);
+	my $d = deliveries_after($node, $mark);
 	my @outcomes = map { $_->{outcome} } @$d;
 	ok((grep { $_ eq 'split' } @outcomes) >= 2, 'the batch was split (' . join(', ', @outcomes) . ')');
 	is(scalar(grep { $_->{outcome} eq 'rejected' && $_->{event_count} == 1 } @$d), 2,
@@ -143,10 +125,10 @@ note('a 400 for a whole batch: split until the bad events stand alone');
 	is(scalar @$d, 11, 'eleven requests: a binary search (' . join(' ', map { $_->{event_count} } @$d) . ')');
 
 	# Back to full batches afterwards.
-	$mark = delivery_mark();
+	$mark = delivery_mark($node);
 	track($node, map { +{ email => "after-split-$_\@example.com" } } 1 .. 10);
 	wait_settled($node);
-	is_deeply([ map { $_->{event_count} } @{ deliveries_after($mark) } ], [10],
+	is_deeply([ map { $_->{event_count} } @{ deliveries_after($node, $mark) } ], [10],
 		'the next batch is full size again');
 	set_conf($node, 'bento.batch_size' => 1000);
 }
@@ -155,7 +137,7 @@ note('a 400 for a whole batch: split until the bad events stand alone');
 note('Bento reports more failures than it lists: later batches shrink');
 {
 	$mock->reset;
-	my $mark = delivery_mark();
+	my $mark = delivery_mark($node);
 	$mock->script({
 		status => 200,
 		body   => {
@@ -167,7 +149,7 @@ note('Bento reports more failures than it lists: later batches shrink');
 	});
 	track($node, map { +{ email => sprintf('unlisted-%02d@example.com', $_) } } 1 .. 25);
 	wait_settled($node);
-	my $rows = rows_like('unlisted-');
+	my $rows = rows_like($node, 'unlisted-');
 	is(scalar(grep { $_->{status} eq 'dead' } @$rows), 20, 'the 20 listed events are dead');
 	is(scalar(grep { $_->{status} eq 'sent' } @$rows), 5, 'the unlisted ones are marked sent');
 	ok($node->log_contains(qr/Bento rejected 25 events of delivery \d+ but named only 20 of them/),
@@ -175,7 +157,7 @@ note('Bento reports more failures than it lists: later batches shrink');
 
 	track($node, map { +{ email => sprintf('after-unlisted-%02d@example.com', $_) } } 1 .. 50);
 	wait_settled($node);
-	my @sizes = map { $_->{event_count} } @{ deliveries_after($mark) };
+	my @sizes = map { $_->{event_count} } @{ deliveries_after($node, $mark) };
 	shift @sizes;
 	cmp_ok($sizes[0], '<=', 20, "the next batch holds at most 20 events (sizes: @sizes)");
 	is_deeply(received_like('after-unlisted-'),
@@ -190,14 +172,14 @@ note('garbage answers');
 	$mock->script({ status => 200, body => '<html>OK</html>' });
 	track($node, { email => 'garbage-html@example.com' });
 	wait_settled($node);
-	is(rows_like('garbage-html')->[0]{status}, 'sent', '200 with an HTML body: sent');
+	is(rows_like($node, 'garbage-html')->[0]{status}, 'sent', '200 with an HTML body: sent');
 	ok($node->log_contains(qr/Bento answered HTTP 200 with a body that is not JSON/), 'and logged');
 
 	# A huge 500 body: reading stops, the excerpt is short, the event is retried.
 	$mock->script({ status => 500, body => ('x' x 200_000) });
 	track($node, { email => 'garbage-huge@example.com' });
 	wait_settled($node);
-	my $row = rows_like('garbage-huge')->[0];
+	my $row = rows_like($node, 'garbage-huge')->[0];
 	is_deeply([ $row->{status}, $row->{attempts} ], [ 'sent', 2 ], 'huge 500: retried, then sent');
 	my $d = json_query($node,
 		"SELECT http_status, length(response_body) AS len, transport_error FROM bento.deliveries"

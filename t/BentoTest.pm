@@ -57,6 +57,9 @@ our @EXPORT = qw(
   free_port basic_auth email_counts check_delivery_history
 );
 
+# Scenario helpers, imported by name (some tests define their own variants).
+our @EXPORT_OK = qw(delivery_mark deliveries_after rows_like);
+
 our $SITE_UUID       = '6f1d2c3b-4a5e-4f60-8b7c-9d0e1f2a3b4c';
 our $PUBLISHABLE_KEY = 'pk_test_bento_5b8e';
 our $SECRET_KEY      = 'sk_test_DO_NOT_LOG_9c4f7a1e2d';
@@ -208,6 +211,35 @@ sub track
 	$sql .= $opts->{rollback} ? "ROLLBACK;\n" : "COMMIT;\n";
 	my $out = $node->safe_psql($opts->{dbname} // 'postgres', $sql);
 	return split /\n/, $out;
+}
+
+=pod
+
+=item delivery_mark($node), deliveries_after($node, $mark), rows_like($node, $prefix)
+
+delivery_mark: the highest id in bento.deliveries, so that the deliveries after it belong to the
+scenario that follows.  deliveries_after: those deliveries, oldest first, as hash refs.
+rows_like: the outbox rows whose email starts with $prefix, in id order.
+
+=cut
+
+sub delivery_mark
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM bento.deliveries');
+}
+
+sub deliveries_after
+{
+	my ($node, $mark) = @_;
+	return json_query($node, "SELECT * FROM bento.deliveries WHERE id > $mark ORDER BY id");
+}
+
+sub rows_like
+{
+	my ($node, $prefix) = @_;
+	return json_query($node,
+		"SELECT * FROM bento.outbox WHERE email LIKE " . sql_literal("$prefix%") . " ORDER BY id");
 }
 
 =pod
