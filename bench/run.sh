@@ -30,47 +30,31 @@
 #                                the drain (server.log; use with BENCH_KEEP=1); it
 #                                slows the drain down, so the figure is not comparable
 #   PG_CONFIG=...                pg_config of the PostgreSQL to use
+#
+# The setup it shares with bench/watch.sh (preconditions, work directory and
+# cleanup, cluster, psql and arithmetic helpers) is in bench/lib.sh.
 set -Eeuo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 EVENTS=${BENCH_EVENTS:-100000}
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 REPS=${BENCH_REPS:-3}
 PGB_TXNS=${BENCH_PGBENCH_TXNS:-2000}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-600}
-SYNC_COMMIT=${BENCH_SYNC_COMMIT:-off}
 AUTO_EXPLAIN=${BENCH_AUTO_EXPLAIN:-0}
-PG_CONFIG=${PG_CONFIG:-$(command -v pg_config || echo /usr/lib/postgresql/15/bin/pg_config)}
 PYTHON=${PYTHON:-$(command -v python3 || echo /usr/bin/python3)}
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Credentials the mock demands and the worker is given (not secrets: a mock).
 SITE_UUID=bench-site-0000
 PUB_KEY=bench-publishable
 SECRET_KEY=bench-secret
 
-say() { printf '%s\n' "$*"; }
-note() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-	printf 'bench: FAILED: %s\n' "$*" >&2
-	exit 1
-}
-
 # ---------------------------------------------------------------------------
 # Preconditions
 # ---------------------------------------------------------------------------
-[ "$(id -u)" -eq 0 ] || die "run as root (the script drops to the postgres OS user itself)"
-id postgres >/dev/null 2>&1 || die "there is no postgres OS user"
-command -v runuser >/dev/null || die "runuser not found (util-linux)"
-[ -x "$PG_CONFIG" ] || die "pg_config not found; set PG_CONFIG"
-BINDIR=$("$PG_CONFIG" --bindir)
-PKGLIBDIR=$("$PG_CONFIG" --pkglibdir)
-SHAREDIR=$("$PG_CONFIG" --sharedir)
-for b in initdb pg_ctl psql pgbench; do
-	[ -x "$BINDIR/$b" ] || die "$BINDIR/$b not found (pgbench is in postgresql-contrib)"
-done
-[ -f "$PKGLIBDIR/bento.so" ] && [ -f "$SHAREDIR/extension/bento.control" ] ||
-	die "bento is not installed in $PKGLIBDIR; run 'make && make install' first"
+bench_preconditions
 [ -f "$ROOT/mock/bento_mock.py" ] || die "$ROOT/mock/bento_mock.py not found"
 [ -x "$PYTHON" ] || die "python3 not found; set PYTHON"
 [ "$EVENTS" -ge 1 ] && [ "$BULK_ROWS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$PGB_TXNS" -ge 1 ] ||
@@ -80,62 +64,18 @@ PGSS=0
 [ -f "$PKGLIBDIR/pg_stat_statements.so" ] && [ -f "$SHAREDIR/extension/pg_stat_statements.control" ] && PGSS=1
 
 # ---------------------------------------------------------------------------
-# Work directory, cleanup
+# Work directory, cleanup (the mock is stopped after the server)
 # ---------------------------------------------------------------------------
-WORK=$(mktemp -d /tmp/bento-bench.XXXXXX)
-chmod 755 "$WORK"
-mkdir "$WORK/sock"
-chown -R postgres: "$WORK"
-DATA=$WORK/data
-SOCK=$WORK/sock
-LOG=$WORK/server.log
-PORT=${BENCH_PORT:-$((20000 + RANDOM % 20000))}	# names the socket only: listen_addresses = ''
-SERVER_STARTED=0
 MOCK_PID=
-FAILED_CMD=
-
-on_err() { FAILED_CMD="line $1: $2"; }
-trap 'on_err "$LINENO" "$BASH_COMMAND"' ERR
-
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	set +e
-	if [ "$rc" -ne 0 ]; then
-		[ -n "$FAILED_CMD" ] && note "failed command ($FAILED_CMD)"
-		if [ -s "$LOG" ]; then
-			note "last lines of the server log ($LOG):"
-			tail -n 25 "$LOG" | sed 's/^/    /' >&2
-		fi
-	fi
-	if [ "$SERVER_STARTED" -eq 1 ]; then
-		runuser -u postgres -- "$BINDIR/pg_ctl" -D "$DATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
-			runuser -u postgres -- "$BINDIR/pg_ctl" -D "$DATA" -m immediate -w -t 30 stop >/dev/null 2>&1
-	fi
+bench_cleanup_extra() {
 	if [ -n "$MOCK_PID" ] && kill -0 "$MOCK_PID" 2>/dev/null; then
 		kill -TERM "$MOCK_PID" 2>/dev/null
 		for _ in $(seq 50); do kill -0 "$MOCK_PID" 2>/dev/null || break; sleep 0.1; done
 		kill -0 "$MOCK_PID" 2>/dev/null && kill -KILL "$MOCK_PID" 2>/dev/null
 		wait "$MOCK_PID" 2>/dev/null
 	fi
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then
-		note "work directory kept: $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-cd "$WORK"	# readable by postgres, whatever the caller's directory
-
-# psql as postgres on the bench cluster: tuples only, unaligned, stop on error.
-pg() {
-	runuser -u postgres -- "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 \
-		-h "$SOCK" -p "$PORT" -d postgres "$@"
-}
+bench_workdir /tmp/bento-bench.XXXXXX
 
 # GET /_mock/stats (or another read-only mock path) and print selected keys.
 mock_get() {
@@ -147,10 +87,6 @@ with urllib.request.urlopen(base + path, timeout=60) as r:
 print(" ".join(str(data[k]) for k in keys))
 EOF
 }
-
-# Float arithmetic and formatting.
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # ---------------------------------------------------------------------------
 # Mock Bento
@@ -172,20 +108,12 @@ mock_get /_mock/stats requests >/dev/null || die "the mock does not answer GET /
 # ---------------------------------------------------------------------------
 # PostgreSQL cluster
 # ---------------------------------------------------------------------------
-runuser -u postgres -- "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync \
-	>"$WORK/initdb.log" 2>&1 || die "initdb failed: $(tail -n 5 "$WORK/initdb.log")"
+bench_initdb "bento bench"
 
 preload=bento
 [ "$PGSS" -eq 1 ] && preload="$preload,pg_stat_statements"
 [ "$AUTO_EXPLAIN" -eq 1 ] && preload="$preload,auto_explain"
 cat >>"$DATA/postgresql.conf" <<EOF
-
-# --- bento bench ---
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$SOCK'
-max_connections = 20
-synchronous_commit = $SYNC_COMMIT
 shared_preload_libraries = '$preload'
 bento.database = 'postgres'
 bento.api_url = '$MOCK_URL/api/v1'
@@ -201,9 +129,7 @@ auto_explain.log_nested_statements = on
 EOF
 fi
 
-runuser -u postgres -- "$BINDIR/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null ||
-	die "the server did not start"
-SERVER_STARTED=1
+bench_start
 
 pg -c "CREATE EXTENSION bento" >/dev/null
 [ "$PGSS" -eq 1 ] && pg -c "CREATE EXTENSION pg_stat_statements" >/dev/null
@@ -249,10 +175,7 @@ END
 $$;
 EOF
 
-PGVERSION=$(pg -c "SHOW server_version")
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git -C "$ROOT" status --porcelain -- src sql 2>/dev/null)" ] && REV="$REV+dirty(src/sql)"
-say "bento bench: PostgreSQL $PGVERSION, $(nproc) CPUs, bento $REV, synchronous_commit=$SYNC_COMMIT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+bench_banner "bento bench"
 say ""
 
 # ---------------------------------------------------------------------------
@@ -454,12 +377,9 @@ chown postgres: "$WORK/insert.sql" "$WORK/track.sql"
 declare -A TPS=([insert]="" [bento_track]="")
 declare -A SCRIPT=([insert]=insert.sql [bento_track]=track.sql)
 pgbench_run() {
-	local v=$1 out tps rows
+	local v=$1 tps rows
 	pg -c "TRUNCATE ${EMPTY[$v]}; CHECKPOINT;" >/dev/null
-	out=$(runuser -u postgres -- "$BINDIR/pgbench" -n -f "$WORK/${SCRIPT[$v]}" -t "$PGB_TXNS" -c 1 \
-		-h "$SOCK" -p "$PORT" postgres 2>&1) || die "pgbench $v failed: $out"
-	tps=$(printf '%s\n' "$out" | awk '/^tps = / { print $3; exit }')
-	[ -n "$tps" ] || die "no tps in the pgbench output: $out"
+	tps=$(pgbench_tps "$v" "$WORK/${SCRIPT[$v]}" "$PGB_TXNS")
 	rows=$(pg -c "SELECT count(*) FROM ${TABLE[$v]}")
 	[ "$rows" -eq "$PGB_TXNS" ] || die "pgbench $v left $rows rows, expected $PGB_TXNS"
 	TPS[$v]="${TPS[$v]} $tps"

@@ -35,119 +35,43 @@
 #   BENCH_SYNC_COMMIT=off        synchronous_commit of the bench cluster
 #   BENCH_KEEP=1                 keep the work directory (server log) after the run
 #   PG_CONFIG=...                pg_config of the PostgreSQL to use
+#
+# The setup it shares with bench/run.sh (preconditions, work directory and
+# cleanup, cluster, psql and arithmetic helpers) is in bench/lib.sh.
 set -Eeuo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 REPS=${BENCH_REPS:-3}
 PGB_TXNS=${BENCH_PGBENCH_TXNS:-2000}
-SYNC_COMMIT=${BENCH_SYNC_COMMIT:-off}
-PG_CONFIG=${PG_CONFIG:-$(command -v pg_config || echo /usr/lib/postgresql/15/bin/pg_config)}
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-say() { printf '%s\n' "$*"; }
-note() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-	printf 'bench: FAILED: %s\n' "$*" >&2
-	exit 1
-}
 
 # ---------------------------------------------------------------------------
 # Preconditions
 # ---------------------------------------------------------------------------
-[ "$(id -u)" -eq 0 ] || die "run as root (the script drops to the postgres OS user itself)"
-id postgres >/dev/null 2>&1 || die "there is no postgres OS user"
-command -v runuser >/dev/null || die "runuser not found (util-linux)"
-[ -x "$PG_CONFIG" ] || die "pg_config not found; set PG_CONFIG"
-BINDIR=$("$PG_CONFIG" --bindir)
-PKGLIBDIR=$("$PG_CONFIG" --pkglibdir)
-SHAREDIR=$("$PG_CONFIG" --sharedir)
-for b in initdb pg_ctl psql pgbench; do
-	[ -x "$BINDIR/$b" ] || die "$BINDIR/$b not found (pgbench is in postgresql-contrib)"
-done
-[ -f "$PKGLIBDIR/bento.so" ] && [ -f "$SHAREDIR/extension/bento.control" ] ||
-	die "bento is not installed in $PKGLIBDIR; run 'make && make install' first"
+bench_preconditions
 [ "$BULK_ROWS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$PGB_TXNS" -ge 1 ] ||
 	die "BENCH_* counts must be positive integers"
 
 # ---------------------------------------------------------------------------
 # Work directory, cleanup
 # ---------------------------------------------------------------------------
-WORK=$(mktemp -d /tmp/bento-bench-watch.XXXXXX)
-chmod 755 "$WORK"
-mkdir "$WORK/sock"
-chown -R postgres: "$WORK"
-DATA=$WORK/data
-SOCK=$WORK/sock
-LOG=$WORK/server.log
-PORT=${BENCH_PORT:-$((20000 + RANDOM % 20000))}	# names the socket only: listen_addresses = ''
-SERVER_STARTED=0
-FAILED_CMD=
-
-on_err() { FAILED_CMD="line $1: $2"; }
-trap 'on_err "$LINENO" "$BASH_COMMAND"' ERR
-
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	set +e
-	if [ "$rc" -ne 0 ]; then
-		[ -n "$FAILED_CMD" ] && note "failed command ($FAILED_CMD)"
-		if [ -s "$LOG" ]; then
-			note "last lines of the server log ($LOG):"
-			tail -n 25 "$LOG" | sed 's/^/    /' >&2
-		fi
-	fi
-	if [ "$SERVER_STARTED" -eq 1 ]; then
-		runuser -u postgres -- "$BINDIR/pg_ctl" -D "$DATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
-			runuser -u postgres -- "$BINDIR/pg_ctl" -D "$DATA" -m immediate -w -t 30 stop >/dev/null 2>&1
-	fi
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then
-		note "work directory kept: $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-cd "$WORK"	# readable by postgres, whatever the caller's directory
-
-# psql as postgres on the bench cluster: tuples only, unaligned, stop on error.
-pg() {
-	runuser -u postgres -- "$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 \
-		-h "$SOCK" -p "$PORT" -d postgres "$@"
-}
-
-# Float arithmetic and formatting.
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+bench_workdir /tmp/bento-bench-watch.XXXXXX
 
 # ---------------------------------------------------------------------------
 # PostgreSQL cluster: bento preloaded, its worker idle (no credentials; the
 # API URL points at a closed loopback port besides), autovacuum off so that it
 # does not run in the middle of a measurement.
 # ---------------------------------------------------------------------------
-runuser -u postgres -- "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync \
-	>"$WORK/initdb.log" 2>&1 || die "initdb failed: $(tail -n 5 "$WORK/initdb.log")"
+bench_initdb "bento watch bench"
 cat >>"$DATA/postgresql.conf" <<EOF
-
-# --- bento watch bench ---
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$SOCK'
-max_connections = 20
-synchronous_commit = $SYNC_COMMIT
 autovacuum = off
 shared_preload_libraries = 'bento'
 bento.database = 'postgres'
 bento.api_url = 'http://127.0.0.1:9/api/v1'
 EOF
-runuser -u postgres -- "$BINDIR/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null ||
-	die "the server did not start"
-SERVER_STARTED=1
+bench_start
 
 pg >/dev/null <<'EOF'
 CREATE EXTENSION bento;
@@ -166,10 +90,7 @@ SELECT bento_watch('bench.watched', 'order.created', 'email',
                    fields => '{"first_name": "name", "plan": "plan"}');
 EOF
 
-PGVERSION=$(pg -c "SHOW server_version")
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git -C "$ROOT" status --porcelain -- src sql 2>/dev/null)" ] && REV="$REV+dirty(src/sql)"
-say "bento watch bench: PostgreSQL $PGVERSION, $(nproc) CPUs, bento $REV, synchronous_commit=$SYNC_COMMIT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+bench_banner "bento watch bench"
 say "watch: $(pg -c "SELECT description FROM bento.watched WHERE operation = 'INSERT'")"
 say ""
 
@@ -262,10 +183,7 @@ declare -A TPS=([plain]="" [watched]="")
 for r in $(seq "$REPS"); do
 	for t in plain watched; do
 		pg -c "CHECKPOINT" >/dev/null
-		out=$(runuser -u postgres -- "$BINDIR/pgbench" -n -f "$WORK/$t.sql" -t "$PGB_TXNS" -c 1 \
-			-h "$SOCK" -p "$PORT" postgres 2>&1) || die "pgbench $t failed: $out"
-		tps=$(printf '%s\n' "$out" | awk '/^tps = / { print $3; exit }')
-		[ -n "$tps" ] || die "no tps in the pgbench output: $out"
+		tps=$(pgbench_tps "$t" "$WORK/$t.sql" "$PGB_TXNS")
 		TPS[$t]="${TPS[$t]} $tps"
 	done
 done
