@@ -14,7 +14,7 @@ speaks HTTP/1.1 with keep-alive, and stops on SIGTERM or SIGINT.
 
 The batch endpoint: POST /api/v1/batch/events
 ----------------------------------------------
-By default it answers like Bento (see /work/shared/bento-api.md), checking in this order:
+By default it answers like Bento's events API, checking in this order:
 
 1. User-Agent missing, or starting with "curl/" or "python-requests/": 403 with an HTML body
    (what Cloudflare does in front of Bento).
