@@ -969,23 +969,15 @@ BEGIN
 	DELETE FROM bento.watch_skips s
 	WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.oid = s.trigger_oid);
 
-	opts := jsonb_build_object('watch', watch_name);
-	IF bento_watch.fields IS NOT NULL THEN
-		opts := opts || jsonb_build_object('fields', bento_watch.fields);
-	END IF;
-	IF bento_watch.details IS NOT NULL THEN
-		opts := opts || jsonb_build_object('details', bento_watch.details);
-	END IF;
-	IF bento_watch.condition IS NOT NULL THEN
-		opts := opts || jsonb_build_object('condition', bento_watch.condition);
-	END IF;
-	IF bento_watch.external_id IS NOT NULL THEN
-		opts := opts || jsonb_build_object('external_id', bento_watch.external_id);
-	END IF;
-	IF bento_watch.occurred_at IS NOT NULL THEN
-		opts := opts || jsonb_build_object('occurred_at', bento_watch.occurred_at);
-	END IF;
-	opts := opts || jsonb_build_object('on_invalid', bento_watch.on_invalid);
+	-- The options that were given (the fields mapping holds no JSON nulls).
+	opts := jsonb_strip_nulls(jsonb_build_object(
+		'watch', watch_name,
+		'fields', bento_watch.fields,
+		'details', bento_watch.details,
+		'condition', bento_watch.condition,
+		'external_id', bento_watch.external_id,
+		'occurred_at', bento_watch.occurred_at,
+		'on_invalid', bento_watch.on_invalid));
 
 	FOREACH op IN ARRAY ops LOOP
 		tg := format('bento_%s_%s', watch_name, lower(op));
